@@ -131,11 +131,11 @@ func (p Program) demo(parts []Part, args []string, stdout, stderr io.Writer) err
 	if err := ParseFlags(fs, args); err != nil {
 		return err
 	}
-	env := netlab.Current()
+	// -host means "behave as on the host": namespace-only steps skip, even when a test has
+	// already put this process in a namespace of its own.
+	env := netlab.Env{Reason: "-host was given, so steps that need a private namespace are skipped"}
 	if !*host {
 		env = netlab.Enter() // returns only in the namespaced child, or when unavailable
-	} else {
-		env.Reason = "-host was given"
 	}
 	d := &Demo{Narrator: NewNarrator(stdout, *verbose), Env: env}
 	fmt.Fprintf(stdout, "%s — %s\n%s\n", p.Name, p.Summary, Wrap(env.String(), "", Width))

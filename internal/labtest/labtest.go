@@ -189,7 +189,7 @@ func checkLeaks(before map[string]string, timeout time.Duration) string {
 		for fd, target := range openFDs() {
 			if old, ok := before[fd]; !ok || old != target {
 				// The directory read itself shows up as a transient fd.
-				if !strings.HasPrefix(target, "/proc/") {
+				if target != "" && !strings.HasPrefix(target, "/proc/") {
 					leakedFDs = append(leakedFDs, fd+" → "+target)
 				}
 			}

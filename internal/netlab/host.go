@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -26,6 +27,8 @@ type Host struct {
 	tid   int
 	calls chan func()
 	done  chan struct{}
+	links []string // lab-side veth names, deleted by Close
+	mu    sync.Mutex
 }
 
 var hostSeq atomic.Int32
@@ -84,9 +87,18 @@ func (h *Host) NetnsPath() string {
 	return fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), h.tid)
 }
 
-// Close ends the host's thread; the kernel frees its namespace, interfaces and sockets once
-// nothing refers to them.
+// Close deletes the host's veth pairs and ends its thread; the kernel frees the namespace and
+// its sockets once nothing refers to them. The links are deleted here, synchronously, because
+// the kernel tears a namespace down asynchronously: a lingering veth with the same subnet
+// would otherwise capture the next lab's traffic.
 func (h *Host) Close() {
+	h.mu.Lock()
+	links := h.links
+	h.links = nil
+	h.mu.Unlock()
+	for _, l := range links {
+		_ = ip("link", "del", l) // deleting one end of a veth pair deletes both
+	}
 	select {
 	case <-h.done:
 	default:
@@ -122,9 +134,14 @@ func (h *Host) Connect(localAddr, peerAddr netip.Prefix) (Link, error) {
 		{"addr", "add", localAddr.String(), "dev", l.LocalIf},
 		{"link", "set", l.LocalIf, "up"},
 	}
-	for _, args := range steps {
+	for i, args := range steps {
 		if err := ip(args...); err != nil {
 			return Link{}, err
+		}
+		if i == 0 {
+			h.mu.Lock()
+			h.links = append(h.links, l.LocalIf)
+			h.mu.Unlock()
 		}
 	}
 	err := h.Do(func() error {

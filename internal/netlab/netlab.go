@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -97,15 +98,26 @@ func enter() Env {
 	if err != nil {
 		return Env{Reason: "cannot read /proc/thread-self/ns/net (" + err.Error() + ")"}
 	}
+	before := snapshotHostSysctls()
 	code, reason := runChild(hostIno)
 	if reason != "" {
 		return Env{Reason: reason}
+	}
+	// The promise "never touch the host" is checked on every run, not just believed.
+	if changed := diffSysctls(before, snapshotHostSysctls()); len(changed) > 0 {
+		fmt.Fprintf(os.Stderr, "netlab: host sysctls changed during this run: %s\n", strings.Join(changed, "; "))
+		if code == 0 {
+			code = 1
+		}
 	}
 	os.Exit(code)
 	return Env{} // unreachable
 }
 
 func runChild(hostIno uint64) (code int, reason string) {
+	// Pdeathsig fires when the thread that started the child exits; keep this one alive.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	statusR, statusW, err := os.Pipe()
 	if err != nil {
 		return 0, "cannot create a pipe: " + err.Error()

@@ -4,8 +4,11 @@ package netlab
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 )
 
@@ -72,4 +75,43 @@ func SetSysctls(kv ...string) (restore func(), err error) {
 		undo = append(undo, func() { _ = SetSysctl(name, old) })
 	}
 	return restore, nil
+}
+
+// hostSysctlDirs are the trees whose values the lab promises never to change on the host.
+var hostSysctlDirs = []string{"/proc/sys/net/ipv4", "/proc/sys/net/ipv6/conf/all", "/proc/sys/net/core"}
+
+// snapshotHostSysctls reads every readable value under hostSysctlDirs from the calling
+// thread's namespace (the host, when called before Enter re-executes).
+func snapshotHostSysctls() map[string]string {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	snap := map[string]string{}
+	for _, dir := range hostSysctlDirs {
+		_ = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return nil
+			}
+			if info, err := d.Info(); err != nil || info.Mode().Perm()&0o444 == 0 {
+				return nil // write-only entries such as route/flush
+			}
+			if b, err := os.ReadFile(path); err == nil {
+				snap[path] = strings.TrimSpace(string(b))
+			}
+			return nil
+		})
+	}
+	return snap
+}
+
+// diffSysctls lists the values that differ between two snapshots.
+func diffSysctls(before, after map[string]string) []string {
+	var changed []string
+	for path, old := range before {
+		if now, ok := after[path]; ok && now != old {
+			name := strings.ReplaceAll(strings.TrimPrefix(path, "/proc/sys/"), "/", ".")
+			changed = append(changed, fmt.Sprintf("%s %q → %q", name, old, now))
+		}
+	}
+	sort.Strings(changed)
+	return changed
 }
