@@ -3,9 +3,14 @@
 package netlab
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,6 +22,10 @@ import (
 // The package's own tests cannot use labtest (it imports netlab), so TestMain enters the
 // namespace itself.
 func TestMain(m *testing.M) {
+	if os.Getenv(envFallbackProbe) == "1" {
+		fallbackProbe()
+		return
+	}
 	env := Enter()
 	if !env.Private {
 		println("netlab tests: " + env.Reason)
@@ -165,4 +174,59 @@ func TestHostSnapshotIsStable(t *testing.T) {
 	b := snapshotHostSysctls()
 	assert.NotEmpty(t, a)
 	assert.Empty(t, diffSysctls(a, b))
+}
+
+// envFallbackProbe makes the test binary act as a probe of the fallback path instead of
+// running tests.
+const envFallbackProbe = "SOCKLAB_TEST_FALLBACK_PROBE"
+
+// fallbackProbe runs in a throwaway user namespace whose user.max_user_namespaces it sets to 0
+// (a limit of that namespace, not of the host), so that creating the lab's namespaces fails the
+// way it does on systems that forbid unprivileged user namespaces. It was not started by Enter,
+// so it also checks that the sysctl guard refuses there.
+func fallbackProbe() {
+	if err := os.WriteFile("/proc/sys/user/max_user_namespaces", []byte("0"), 0); err != nil {
+		fmt.Println("probe-setup-failed:", err)
+		os.Exit(3)
+	}
+	env := Enter()
+	fmt.Printf("private=%v\nreason=%s\n", env.Private, env.Reason)
+	err := SetSysctl("net.ipv4.tcp_fin_timeout", "5")
+	fmt.Printf("sysctl-refused=%v\n", errors.Is(err, ErrNotPrivate))
+	os.Exit(0)
+}
+
+// Where user namespaces are forbidden, Enter does not fail the program: it returns on the host
+// with one sentence saying why, and netlab refuses to write sysctls there.
+func TestFallbackWhenNamespacesAreForbidden(t *testing.T) {
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Env = append(os.Environ(), envFallbackProbe+"=1")
+	cmd.Env = slicesWithout(cmd.Env, envChild+"=1") // start as if on the host
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil && strings.Contains(string(out), "probe-setup-failed") {
+		t.Skipf("cannot limit user namespaces here: %s", out)
+	}
+	if err != nil && errors.Is(err, unix.EPERM) {
+		t.Skip("user namespaces unavailable even for the probe")
+	}
+	require.NoError(t, err, "%s", out)
+	t.Logf("probe said:\n%s", out)
+	assert.Contains(t, string(out), "private=false")
+	assert.Contains(t, string(out), "max_user_namespaces")
+	assert.Contains(t, string(out), "sysctl-refused=true")
+}
+
+func slicesWithout(env []string, drop string) []string {
+	var out []string
+	for _, e := range env {
+		if e != drop {
+			out = append(out, e)
+		}
+	}
+	return out
 }
