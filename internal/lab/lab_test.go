@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -143,4 +144,23 @@ func TestWrap(t *testing.T) {
 func TestHints(t *testing.T) {
 	assert.Contains(t, lab.OneLine(fmt.Errorf("x: %w", unix.ECONNREFUSED)), "start the server role first")
 	assert.Equal(t, "plain", lab.OneLine(fmt.Errorf("plain")))
+}
+
+// Block keeps a preformatted table as it is: no wrapping, no collapsed spaces, four-space indent.
+func TestBlockKeepsLayout(t *testing.T) {
+	var out bytes.Buffer
+	n := lab.NewNarrator(&out, false)
+	n.Block("a    b\n  c   d   \n")
+	assert.Equal(t, "    a    b\n      c   d\n", out.String())
+}
+
+// Poll returns as soon as the condition holds, and gives up after its timeout when it never does.
+func TestPoll(t *testing.T) {
+	calls := 0
+	assert.True(t, lab.Poll(time.Second, func() bool { calls++; return calls == 3 }))
+	assert.Equal(t, 3, calls)
+
+	start := time.Now()
+	assert.False(t, lab.Poll(30*time.Millisecond, func() bool { return false }))
+	assert.GreaterOrEqual(t, time.Since(start), 30*time.Millisecond)
 }

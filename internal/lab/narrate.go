@@ -148,8 +148,18 @@ func (n *Narrator) kernel(proto sockdiag.Protocol, f sockdiag.Filter) {
 	}
 	sockdiag.SortForDisplay(socks)
 	var b strings.Builder
-	sockdiag.WriteTable(&b, "    | ", socks)
+	sockdiag.WriteTable(&b, "  | ", socks)
 	n.println(n.paint(dim, "    kernel (sock_diag):") + "\n" + strings.TrimRight(b.String(), "\n"))
+}
+
+// Block prints preformatted text (a table, a diagram) line by line, unchanged, indented by
+// four spaces. Unlike Say it neither wraps nor collapses spaces.
+func (n *Narrator) Block(text string) {
+	lines := strings.Split(strings.TrimRight(text, "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimRight("    "+l, " ")
+	}
+	n.println(strings.Join(lines, "\n"))
 }
 
 // Skip says that a step was skipped and why, in one line.

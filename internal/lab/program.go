@@ -138,7 +138,7 @@ func (p Program) demo(parts []Part, args []string, stdout, stderr io.Writer) err
 		env = netlab.Enter() // returns only in the namespaced child, or when unavailable
 	}
 	d := &Demo{Narrator: NewNarrator(stdout, *verbose), Env: env}
-	fmt.Fprintf(stdout, "%s — %s\n%s\n", p.Name, p.Summary, Wrap(env.String(), "", Width))
+	fmt.Fprintf(stdout, "%s\n%s\n", Wrap(p.Name+" — "+p.Summary, "", Width), Wrap(env.String(), "", Width))
 	for _, part := range parts {
 		d.Part(part.Title)
 		if err := part.Run(d); err != nil {

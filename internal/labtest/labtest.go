@@ -80,18 +80,7 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool
 
 // Poll is WaitFor without a test: it reports whether cond became true within timeout.
 func Poll(timeout time.Duration, cond func() (bool, string)) bool {
-	deadline := time.Now().Add(timeout)
-	pause := time.Millisecond
-	for {
-		if ok, _ := cond(); ok {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(pause) // a poll interval, not synchronisation: the condition decides
-		pause = min(pause*2, 20*time.Millisecond)
-	}
+	return lab.Poll(timeout, func() bool { ok, _ := cond(); return ok })
 }
 
 // WaitState waits until the kernel reports the TCP socket with exactly this local and remote

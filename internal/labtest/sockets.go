@@ -30,9 +30,8 @@ func Listen(t testing.TB, addr netip.AddrPort, backlog int) (int, netip.AddrPort
 	return fd, LocalAddr(t, fd)
 }
 
-// Socket opens a socket of the address's family; it is closed when the test ends (closing an
-// fd the test already closed is harmless here because the test owns the number until then
-// only if it does not close it itself: use CloseNow for that).
+// Socket opens a socket of the address's family; it is closed when the test ends, unless the
+// test closed it earlier with CloseNow.
 func Socket(t testing.TB, addr netip.AddrPort, typ int) int {
 	t.Helper()
 	family := unix.AF_INET
@@ -52,14 +51,14 @@ func Own(t testing.TB, fd int) {
 	t.Cleanup(func() { closeOwned(t, fd) })
 }
 
-// ownedClosed records fds a test closed itself, per test, so cleanup never closes a number that
-// another test has since been given.
+// closedSet counts, per test and fd number, the fds a test closed itself with CloseNow, so that
+// cleanup never closes a number that another test has since been given.
 type closedKey struct {
 	t  testing.TB
 	fd int
 }
 
-var closedSet = newSyncSet[closedKey]()
+var closedSet = newSyncCounter[closedKey]()
 
 func closeOwned(t testing.TB, fd int) {
 	if closedSet.take(closedKey{t, fd}) {

@@ -4,25 +4,32 @@ package labtest
 
 import "sync"
 
-// syncSet is a small concurrency-safe set for bookkeeping shared by parallel tests.
-type syncSet[K comparable] struct {
+// syncCounter is a small concurrency-safe multiset for bookkeeping shared by parallel tests.
+// It counts, rather than remembers, so a test that closes the same fd number twice (after the
+// kernel handed the number back) cancels exactly two of its cleanups, never a third.
+type syncCounter[K comparable] struct {
 	mu sync.Mutex
-	m  map[K]struct{}
+	m  map[K]int
 }
 
-func newSyncSet[K comparable]() *syncSet[K] { return &syncSet[K]{m: map[K]struct{}{}} }
+func newSyncCounter[K comparable]() *syncCounter[K] { return &syncCounter[K]{m: map[K]int{}} }
 
-func (s *syncSet[K]) add(k K) {
+func (s *syncCounter[K]) add(k K) {
 	s.mu.Lock()
-	s.m[k] = struct{}{}
+	s.m[k]++
 	s.mu.Unlock()
 }
 
-// take removes k and reports whether it was present.
-func (s *syncSet[K]) take(k K) bool {
+// take decrements k and reports whether it was present.
+func (s *syncCounter[K]) take(k K) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	_, ok := s.m[k]
-	delete(s.m, k)
-	return ok
+	if s.m[k] == 0 {
+		return false
+	}
+	s.m[k]--
+	if s.m[k] == 0 {
+		delete(s.m, k)
+	}
+	return true
 }

@@ -84,9 +84,12 @@ type Timer uint8
 const (
 	TimerNone       Timer = 0
 	TimerRetransmit Timer = 1 // retransmission (also the SYN-ACK timer of a request socket)
-	TimerKeepalive  Timer = 2 // keepalive, or the orphaned FIN_WAIT2 timer
-	TimerTimeWait   Timer = 3 // the TIME_WAIT timer (TCP_TIMEWAIT_LEN = 60 s)
-	TimerProbe      Timer = 4 // zero-window probe (persist) timer
+	TimerKeepalive  Timer = 2 // keepalive; also an orphaned FIN_WAIT2 when tcp_fin_timeout > 60 s
+	// TimerTimeWait is the timer of a TIME_WAIT mini-socket (TCP_TIMEWAIT_LEN = 60 s), and also
+	// of an orphaned FIN_WAIT2, which the kernel turns into a timewait mini-socket in substate
+	// FIN_WAIT2 when tcp_fin_timeout <= 60 s (tcp_time_wait in net/ipv4/tcp_minisocks.c).
+	TimerTimeWait Timer = 3
+	TimerProbe    Timer = 4 // zero-window probe (persist) timer
 )
 
 // String names the timer as ss -o does ("on", "keepalive", "timewait", "persist").

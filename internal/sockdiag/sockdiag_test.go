@@ -218,16 +218,28 @@ func ssName(s sockdiag.State) string { return ssNames[s] }
 
 func TestWriteTable(t *testing.T) {
 	var b strings.Builder
-	sockdiag.WriteTable(&b, "", []sockdiag.Socket{{
+	// The widest IPv4 row the chapters print: the longest state name in the
+	// table, five-digit ports on both ends, a timer and no fd, behind the
+	// narrator's "  | " prefix.
+	sockdiag.WriteTable(&b, "  | ", []sockdiag.Socket{{
 		Protocol: unix.IPPROTO_TCP, State: sockdiag.TimeWait,
-		Local:  netip.MustParseAddrPort("127.0.0.1:9000"),
+		Local:  netip.MustParseAddrPort("127.0.0.1:59000"),
 		Remote: netip.MustParseAddrPort("127.0.0.1:40000"),
 		Timer:  sockdiag.TimerTimeWait, Expires: 59800 * time.Millisecond,
+	}, {
+		Protocol: unix.IPPROTO_TCP, State: sockdiag.Established, Inode: 1,
+		Local:  netip.MustParseAddrPort("127.0.0.1:65535"),
+		Remote: netip.MustParseAddrPort("127.0.0.1:65534"),
+		Timer:  sockdiag.TimerRetransmit, Expires: 204 * time.Millisecond, Retransmits: 1,
 	}})
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
-	require.Len(t, lines, 2)
+	require.Len(t, lines, 3)
 	assert.Contains(t, lines[1], "TIME_WAIT")
-	assert.Contains(t, lines[1], "timewait 59.8s no fd")
+	// Long timers in whole seconds, as ss prints them...
+	assert.Contains(t, lines[1], "timewait 60s no fd")
+	// ...short ones in tenths, where the difference matters.
+	assert.Contains(t, lines[2], "on 0.2s retrans 1")
+	assert.NotContains(t, lines[2], "no fd")
 	for _, l := range lines {
 		assert.LessOrEqual(t, len(l), 80, "fits an 80-column terminal: %q", l)
 	}

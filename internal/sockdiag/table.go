@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,7 +27,14 @@ func (s Socket) TimerString() string {
 	if s.Timer == TimerNone {
 		return ""
 	}
-	str := fmt.Sprintf("%s %.1fs", s.Timer, s.Expires.Seconds())
+	// Tenths of a second matter for retransmission timers (200 ms and up);
+	// beyond ten seconds (TIME_WAIT's 60 s, keepalive's 7200 s) whole
+	// seconds are what ss shows and keep the row within 80 columns.
+	format := "%s %.1fs"
+	if s.Expires >= 10*time.Second {
+		format = "%s %.0fs"
+	}
+	str := fmt.Sprintf(format, s.Timer, s.Expires.Seconds())
 	if s.Retransmits > 0 {
 		str += fmt.Sprintf(" retrans %d", s.Retransmits)
 	}
@@ -34,7 +42,7 @@ func (s Socket) TimerString() string {
 }
 
 // String renders one socket on one line, e.g.
-// "TIME_WAIT 0 0 127.0.0.1:9000 127.0.0.1:40000 timewait 59.8s no-fd".
+// "TIME_WAIT 0 0 127.0.0.1:9000 127.0.0.1:40000 timewait 60s no-fd".
 func (s Socket) String() string {
 	parts := []string{s.StateName(), fmt.Sprint(s.RecvQ), fmt.Sprint(s.SendQ),
 		formatEndpoint(s.Local), formatEndpoint(s.Remote)}
