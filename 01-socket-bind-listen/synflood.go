@@ -1,0 +1,324 @@
+//go:build linux
+
+package main
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"socklab/internal/lab"
+	"socklab/internal/sockdiag"
+)
+
+// The flood's little network, inside a fresh namespace: the server listens on floodServer,
+// which lives on one end of a veth pair whose other end (in the same namespace) has no
+// address, and the forged SYNs claim to come from other addresses of that subnet. The
+// server's SYN-ACKs to them wait for an ARP answer that never comes and are dropped, exactly
+// like SYN-ACKs sent to spoofed addresses that nobody answers. TEST-NET-1 (RFC 5737) is never
+// routed, and nothing leaves the namespace.
+var (
+	floodPrefix  = netip.MustParsePrefix("192.0.2.1/24")
+	floodServer  = floodPrefix.Addr()
+	floodSources = netip.MustParseAddr("192.0.2.100") // forged sources start here
+)
+
+// floodBacklog is the listener's backlog in the flood experiments: the SYN queue of a
+// listener holds about as many half-open requests as its backlog.
+const floodBacklog = 8
+
+// forgedSYN builds an IPv4 packet holding a TCP SYN from src to dst: 20 bytes of IP header
+// (the kernel fills in the total length, the ID and the header checksum for IPPROTO_RAW
+// sockets, raw(7)) and 20 bytes of TCP header with its checksum over the pseudo-header.
+func forgedSYN(src, dst netip.AddrPort, seq uint32) []byte {
+	p := make([]byte, 40)
+	p[0] = 0x45                                // IPv4, header length 5 words
+	binary.BigEndian.PutUint16(p[6:], 0x4000)  // don't fragment
+	p[8] = 64                                  // TTL
+	p[9] = unix.IPPROTO_TCP                    // protocol
+	s, d := src.Addr().As4(), dst.Addr().As4() // addresses, network order
+	copy(p[12:16], s[:])
+	copy(p[16:20], d[:])
+	tcp := p[20:]
+	binary.BigEndian.PutUint16(tcp[0:], src.Port())
+	binary.BigEndian.PutUint16(tcp[2:], dst.Port())
+	binary.BigEndian.PutUint32(tcp[4:], seq)
+	tcp[12] = 5 << 4                            // data offset: 5 words, no options
+	tcp[13] = 0x02                              // SYN
+	binary.BigEndian.PutUint16(tcp[14:], 64240) // window
+	binary.BigEndian.PutUint16(tcp[16:], tcpChecksum(s, d, tcp))
+	return p
+}
+
+// tcpChecksum is the Internet checksum (RFC 1071) of the TCP pseudo-header and segment.
+func tcpChecksum(src, dst [4]byte, segment []byte) uint16 {
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(binary.BigEndian.Uint16(b[i:]))
+		}
+		if len(b)%2 == 1 {
+			sum += uint32(b[len(b)-1]) << 8
+		}
+	}
+	add(src[:])
+	add(dst[:])
+	add([]byte{0, unix.IPPROTO_TCP, byte(len(segment) >> 8), byte(len(segment))})
+	add(segment)
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
+
+// ipCommand runs ip(8) in the calling thread's namespace (it is forked from this locked
+// thread) and prints it.
+func ipCommand(n *lab.Narrator, args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		err = fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	n.Sys(0, err, "ip %s", strings.Join(args, " "))
+	return err
+}
+
+// floodNetwork creates the veth pair holding floodServer.
+func floodNetwork(n *lab.Narrator) error {
+	if _, err := exec.LookPath("ip"); err != nil {
+		return fmt.Errorf("the SYN flood lab needs ip(8) from iproute2: %w", err)
+	}
+	for _, args := range [][]string{
+		{"link", "add", "flood0", "type", "veth", "peer", "name", "void0"},
+		{"addr", "add", floodPrefix.String(), "dev", "flood0"},
+		{"link", "set", "flood0", "up"},
+		{"link", "set", "void0", "up"},
+	} {
+		if err := ipCommand(n, args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sendFlood sends count forged SYNs to dst from a raw socket, each from its own address and
+// port, and returns how many were sent.
+func sendFlood(n *lab.Narrator, dst netip.AddrPort, count int) (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	if err := n.Sys(fd, err, "socket(AF_INET, SOCK_RAW, IPPROTO_RAW)"); err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	to := &unix.SockaddrInet4{Addr: dst.Addr().As4()}
+	base := floodSources.As4()
+	sent := 0
+	for i := range count {
+		a := base
+		a[3] += byte(i % 100)
+		src := netip.AddrPortFrom(netip.AddrFrom4(a), uint16(20000+i))
+		err := unix.Sendto(fd, forgedSYN(src, dst, uint32(i)*7919), 0, to)
+		if i == 0 || err != nil {
+			n.Sys(40, err, "sendto(%d, {SYN %v → %v}, 40, 0, ...)", fd, src, dst)
+		}
+		if err != nil {
+			return sent, err
+		}
+		sent++
+	}
+	n.Result("... %d forged SYNs sent, from %d different addresses", sent, min(count, 100))
+	return sent, nil
+}
+
+// floodFacts is what the kernel reported about one flood.
+type floodFacts struct {
+	Syncookies     string
+	Sent           int
+	HalfOpen       int   // SYN_RECV request sockets of the listener after the flood
+	QueueFullDrops int64 // TcpExt TCPReqQFullDrop: SYNs dropped because the SYN queue was full
+	CookiesSent    int64 // TcpExt SyncookiesSent
+	ClientState    sockdiag.State
+	ClientErr      error // SO_ERROR of the legitimate client once it gave up (waitFailure)
+	ClientGotIn    bool
+}
+
+// halfOpenCount is the number of SYN_RECV entries of the listener on laddr.
+func halfOpenCount(laddr netip.AddrPort) (int, error) {
+	socks, err := sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Port: laddr.Port(), States: []sockdiag.State{sockdiag.SynRecv}})
+	k := 0
+	for _, s := range socks {
+		if s.Local == laddr {
+			k++
+		}
+	}
+	return k, err
+}
+
+// counterDelta reads TcpExt counters.
+func counters(names ...string) map[string]int64 {
+	m := map[string]int64{}
+	for _, name := range names {
+		m[name], _ = sockdiag.Counter("TcpExt", name)
+	}
+	return m
+}
+
+// synFlood floods a listener with forged SYNs in a fresh namespace where
+// net.ipv4.tcp_syncookies is set to syncookies, then lets a legitimate client connect. With
+// waitFailure and no cookies it waits for that client to give up (TCP_SYNCNT=1: about 3 s).
+func synFlood(n *lab.Narrator, syncookies string, count int, waitFailure bool) (floodFacts, error) {
+	f := floodFacts{Syncookies: syncookies}
+	n.Step("tcp_syncookies=%s: %d forged SYNs, then a legitimate client", syncookies, count)
+	err := inFreshHost(n, "synflood", func() error {
+		if err := setSysctl(n, "net.ipv4.tcp_syncookies", syncookies); err != nil {
+			return err
+		}
+		if err := floodNetwork(n); err != nil {
+			return err
+		}
+		q, err := openListener(n, netip.AddrPortFrom(floodServer, 0), floodBacklog)
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		names := []string{"TCPReqQFullDrop", "SyncookiesSent", "TCPReqQFullDoCookies"}
+		before := counters(names...)
+		if f.Sent, err = sendFlood(n, q.Addr, count); err != nil {
+			return err
+		}
+		// Every forged SYN ends up counted somewhere: as a half-open request, as dropped
+		// because the SYN queue was full, or as answered with a cookie.
+		var last string
+		if !pollUntil(shortWait, func() bool {
+			now := counters(names...)
+			f.HalfOpen, _ = halfOpenCount(q.Addr)
+			f.QueueFullDrops = now["TCPReqQFullDrop"] - before["TCPReqQFullDrop"]
+			f.CookiesSent = now["SyncookiesSent"] - before["SyncookiesSent"]
+			last = fmt.Sprintf("%d half-open, %d dropped, %d cookies", f.HalfOpen, f.QueueFullDrops, f.CookiesSent)
+			return int64(f.HalfOpen)+f.QueueFullDrops+f.CookiesSent >= int64(f.Sent)
+		}) {
+			return fmt.Errorf("the flood was not fully accounted for within %v: %s", shortWait, last)
+		}
+		n.Result("%d half-open (SYN_RECV); TCPReqQFullDrop +%d, SyncookiesSent +%d",
+			f.HalfOpen, f.QueueFullDrops, f.CookiesSent)
+		n.Kernel(sockdiag.Filter{Port: q.Addr.Port()})
+
+		cfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err := n.Sys(cfd, err, "socket(AF_INET, SOCK_STREAM|SOCK_NONBLOCK, 0)   /* legitimate client */"); err != nil {
+			return err
+		}
+		defer unix.Close(cfd)
+		// One retransmission only, so that giving up takes seconds, not minutes (tcp(7)).
+		err = unix.SetsockoptInt(cfd, unix.IPPROTO_TCP, unix.TCP_SYNCNT, 1)
+		if err := n.Sys(0, err, "setsockopt(%d, IPPROTO_TCP, TCP_SYNCNT, 1)", cfd); err != nil {
+			return err
+		}
+		err = unix.Connect(cfd, lab.SockaddrOf(q.Addr))
+		n.Sys(0, err, "connect(%d, %s)", cfd, lab.Sockaddr(lab.SockaddrOf(q.Addr)))
+		if err != nil && err != unix.EINPROGRESS {
+			return err
+		}
+		f.ClientGotIn = pollUntil(shortWait, func() bool {
+			st, _ := sockdiag.StateOf(cfd)
+			f.ClientState = st
+			if st == sockdiag.Established {
+				return true
+			}
+			// Without cookies a full SYN queue drops the SYN: once the kernel counted that
+			// drop, waiting longer changes nothing until a retransmission.
+			now := counters("TCPReqQFullDrop")
+			return syncookies == "0" && now["TCPReqQFullDrop"]-before["TCPReqQFullDrop"] > f.QueueFullDrops
+		}) && f.ClientState == sockdiag.Established
+		n.Kernel(sockdiag.Tuple(lab.AddrPortOf(mustSockname(cfd)), q.Addr))
+		if f.ClientGotIn {
+			now := counters(names...)
+			f.CookiesSent = now["SyncookiesSent"] - before["SyncookiesSent"]
+			n.Result("the client is ESTABLISHED; SyncookiesSent is now +%d", f.CookiesSent)
+			n.Say("With the SYN queue full the kernel stored nothing for new SYNs: it encoded the " +
+				"connection's parameters in the SYN-ACK's sequence number (the cookie) and rebuilt " +
+				"the connection from the client's ACK. Forged SYNs cost it no memory.")
+			return nil
+		}
+		n.Say("The SYN queue (半连接队列) is full of requests that will never complete, so the " +
+			"client's SYN is dropped like the forged ones.")
+		if waitFailure {
+			start := time.Now()
+			pollUntil(retransmitWait, func() bool {
+				st, _ := sockdiag.StateOf(cfd)
+				f.ClientState = st
+				return st == sockdiag.Close
+			})
+			soErr, err := unix.GetsockoptInt(cfd, unix.SOL_SOCKET, unix.SO_ERROR)
+			if err == nil && soErr != 0 {
+				f.ClientErr = unix.Errno(soErr)
+			}
+			n.Sys(soErr, err, "getsockopt(%d, SOL_SOCKET, SO_ERROR)   /* after %.1fs */", cfd, time.Since(start).Seconds())
+			if f.ClientErr != nil {
+				n.Result("%s: the legitimate client could not connect", lab.ErrnoString(errnoOf(f.ClientErr)))
+			}
+		}
+		return nil
+	})
+	return f, err
+}
+
+func mustSockname(fd int) unix.Sockaddr {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return &unix.SockaddrInet4{}
+	}
+	return sa
+}
+
+// halfOpenLifetime floods with count SYNs (all fit in the SYN queue) in a namespace where
+// net.ipv4.tcp_synack_retries is retries, and measures how long the half-open entries live.
+func halfOpenLifetime(n *lab.Narrator, retries string, count int) (initial int, lived time.Duration, err error) {
+	n.Step("tcp_synack_retries=%s: how long half-open entries live", retries)
+	err = inFreshHost(n, "synack", func() error {
+		if err := setSysctl(n, "net.ipv4.tcp_synack_retries", retries); err != nil {
+			return err
+		}
+		if err := floodNetwork(n); err != nil {
+			return err
+		}
+		q, err := openListener(n, netip.AddrPortFrom(floodServer, 0), 4*count)
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		if _, err := sendFlood(n, q.Addr, count); err != nil {
+			return err
+		}
+		start := time.Now()
+		pollUntil(shortWait, func() bool { initial, _ = halfOpenCount(q.Addr); return initial == count })
+		n.Result("%d half-open requests", initial)
+		if !pollUntil(retransmitWait, func() bool { k, err := halfOpenCount(q.Addr); return err == nil && k == 0 }) {
+			return fmt.Errorf("half-open requests still there after %v", retransmitWait)
+		}
+		lived = time.Since(start)
+		n.Result("all gone after %.1fs: SYN-ACK, %s retransmission(s), dropped", lived.Seconds(), retries)
+		return nil
+	})
+	return initial, lived, err
+}
+
+func runSynFlood(d *lab.Demo) error {
+	n := d.Narrator
+	d.Say("A SYN flood sends SYNs from forged addresses: each one makes the server keep a " +
+		"half-open request and retransmit its SYN-ACK into the void, until the SYN queue is " +
+		"full and real clients are turned away.")
+	if !d.NeedPrivate("SYN flood (forged packets from a raw socket)") {
+		return nil
+	}
+	if _, err := synFlood(n, "0", 64, true); err != nil {
+		return err
+	}
+	if _, err := synFlood(n, "1", 64, false); err != nil {
+		return err
+	}
+	_, _, err := halfOpenLifetime(n, "1", 16)
+	return err
+}
