@@ -1,0 +1,344 @@
+//go:build linux
+
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"socklab/internal/labtest"
+)
+
+// BenchmarkVersusStdlib is the chapter's performance claim: the epoll server (inline,
+// level-triggered) against the idiomatic Go server (stdserver: goroutine per connection,
+// io.Copy), both run as separate processes pinned with taskset, the load generator pinned to
+// another core. Rounds alternate the two servers so that a noisy neighbour hurts both alike;
+// the table reports medians. Ratios are epoll ÷ stdlib from the same run.
+//
+//	go test -run '^$' -bench VersusStdlib -benchtime 1x ./06-epoll-server/
+//
+// SOCKLAB_BENCH_ROUNDS (default 3), SOCKLAB_BENCH_SECONDS (per measurement, default 1) and
+// SOCKLAB_BENCH_IDLE (idle connections, default 5000) change the effort.
+func BenchmarkVersusStdlib(b *testing.B) {
+	rounds := envInt("SOCKLAB_BENCH_ROUNDS", 3)
+	seconds := envInt("SOCKLAB_BENCH_SECONDS", 1)
+	idle := envInt("SOCKLAB_BENCH_IDLE", 5000)
+	serverCPU, clientCPU := "1", "0"
+	if runtime.NumCPU() < 2 {
+		serverCPU = "0"
+	}
+	servers := []string{"epoll", "stdlib"}
+	type key struct {
+		server      string
+		conns, size int
+	}
+	samples := map[key][]measurement{}
+	shared := map[string][]measurement{}
+	memory := map[string][]idleMeasurement{}
+	for range b.N {
+		for round := range rounds {
+			for _, conns := range []int{1, 50, 1000} {
+				for _, size := range []int{64, 4096} {
+					for i := range servers {
+						srv := servers[(i+round)%2] // alternate who goes first
+						m := measure(b, srv, serverCPU, clientCPU, conns, size, seconds)
+						samples[key{srv, conns, size}] = append(samples[key{srv, conns, size}], m)
+					}
+				}
+			}
+			for i := range servers {
+				srv := servers[(i+round)%2]
+				shared[srv] = append(shared[srv], measure(b, srv, clientCPU, clientCPU, 50, 64, seconds))
+			}
+			for i := range servers {
+				srv := servers[(i+round)%2]
+				memory[srv] = append(memory[srv], measureIdle(b, srv, serverCPU, clientCPU, idle))
+			}
+		}
+	}
+
+	var t strings.Builder
+	fmt.Fprintf(&t, "\n%d rounds × %d s per measurement, medians; server on CPU %s, load on CPU %s (%d CPUs)\n\n",
+		rounds, seconds, serverCPU, clientCPU, runtime.NumCPU())
+	fmt.Fprintln(&t, "| conns | size | epoll rt/s | stdlib rt/s | epoll p50/p99 µs | stdlib p50/p99 µs | epoll CPU s/M rt | stdlib CPU s/M rt | CPU ratio |")
+	fmt.Fprintln(&t, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	type barRow struct {
+		label string
+		value float64
+	}
+	var bars []barRow
+	cpuRatio50 := 0.0
+	for _, conns := range []int{1, 50, 1000} {
+		for _, size := range []int{64, 4096} {
+			e, s := median(samples[key{"epoll", conns, size}]), median(samples[key{"stdlib", conns, size}])
+			ratio := e.cpuPerMillion / s.cpuPerMillion
+			if conns == 50 && size == 64 {
+				cpuRatio50 = ratio
+			}
+			fmt.Fprintf(&t, "| %d | %d B | %.0f | %.0f | %.0f / %.0f | %.0f / %.0f | %.2f | %.2f | %.2f |\n",
+				conns, size, e.perSecond, s.perSecond, e.p50, e.p99, s.p50, s.p99, e.cpuPerMillion, s.cpuPerMillion, ratio)
+			label := fmt.Sprintf("%4d conns %4d B", conns, size)
+			if conns > 1 { // one connection costs a sleep and a wake-up per round trip: see the table
+				bars = append(bars, barRow{label + " epoll ", e.cpuPerMillion}, barRow{strings.Repeat(" ", len(label)) + " stdlib", s.cpuPerMillion})
+			}
+		}
+	}
+	fmt.Fprintf(&t, "\nServer CPU seconds per million round trips, 50 and 1000 connections (longest bar = %d blocks):\n\n", chartWidth)
+	maxValue := 0.0
+	for _, r := range bars {
+		maxValue = max(maxValue, r.value)
+	}
+	for _, r := range bars {
+		fmt.Fprintf(&t, "%s %s %.2f\n", r.label, bar(r.value, maxValue), r.value)
+	}
+	es, ss := median(shared["epoll"]), median(shared["stdlib"])
+	sharedRatio := es.perSecond / ss.perSecond
+	fmt.Fprintf(&t, "\nOne shared core (server and load both on CPU %s), 50 conns × 64 B: epoll %.0f rt/s, stdlib %.0f rt/s, ratio %.2f\n",
+		clientCPU, es.perSecond, ss.perSecond, sharedRatio)
+	em, sm := medianIdle(memory["epoll"]), medianIdle(memory["stdlib"])
+	memRatio := em.bytesPerConn / sm.bytesPerConn
+	fmt.Fprintf(&t, "%d idle connections: epoll %.0f B and %.2f fds per connection, stdlib %.0f B and %.2f fds per connection (RSS growth), ratio %.3f\n",
+		idle, em.bytesPerConn, em.fdsPerConn, sm.bytesPerConn, sm.fdsPerConn, memRatio)
+	fmt.Fprintf(&t, "\nTargets: CPU/rt at 50 conns ≤ 0.85× → %.2f× (%s); shared-core rt/s ≥ 1.1× → %.2f× (%s); idle memory ≤ 0.10× → %.3f× (%s)\n",
+		cpuRatio50, verdict(cpuRatio50 <= 0.85), sharedRatio, verdict(sharedRatio >= 1.1), memRatio, verdict(memRatio <= 0.10))
+	b.Log(t.String())
+	b.ReportMetric(cpuRatio50, "cpu-ratio-50conns")
+	b.ReportMetric(sharedRatio, "rt/s-ratio-shared-core")
+	b.ReportMetric(memRatio, "idle-mem-ratio")
+	b.ReportMetric(0, "ns/op")
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "NOT met"
+}
+
+// chartWidth is the length of the longest bar of a chart.
+const chartWidth = 40
+
+// bar draws v as a bar of blocks, scaled so that maxValue fills chartWidth.
+func bar(v, maxValue float64) string {
+	if maxValue <= 0 {
+		return ""
+	}
+	n := int(v/maxValue*chartWidth + 0.5)
+	return strings.Repeat("█", max(n, 1))
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// measurement is one load run against one server process.
+type measurement struct {
+	perSecond, p50, p99 float64
+	cpuPerMillion       float64 // server CPU seconds (user+system) per million round trips
+}
+
+func median(ms []measurement) measurement {
+	pick := func(f func(measurement) float64) float64 {
+		v := make([]float64, len(ms))
+		for i, m := range ms {
+			v[i] = f(m)
+		}
+		slices.Sort(v)
+		if len(v) == 0 {
+			return 0
+		}
+		return v[len(v)/2]
+	}
+	return measurement{
+		perSecond:     pick(func(m measurement) float64 { return m.perSecond }),
+		p50:           pick(func(m measurement) float64 { return m.p50 }),
+		p99:           pick(func(m measurement) float64 { return m.p99 }),
+		cpuPerMillion: pick(func(m measurement) float64 { return m.cpuPerMillion }),
+	}
+}
+
+// startBenchServer starts the epoll server (inline, level-triggered, plus any flags) or the
+// stdlib one.
+func startBenchServer(b *testing.B, server, cpu string, flags ...string) *serverProcess {
+	role := "server"
+	if server == "stdlib" {
+		role = "stdserver"
+	}
+	return startProcess(b, cpu, append([]string{role, "-addr", "127.0.0.1:0"}, flags...)...)
+}
+
+func measure(b *testing.B, server, serverCPU, clientCPU string, conns, size, seconds int, flags ...string) measurement {
+	p := startBenchServer(b, server, serverCPU, flags...)
+	defer p.stop(b, syscall.SIGTERM)
+	cmd := pinned(clientCPU, labtest.ProgramCommand("load", "-addr", p.addr.String(), "-conns", strconv.Itoa(conns),
+		"-size", strconv.Itoa(size), "-duration", fmt.Sprintf("%ds", seconds), "-json"))
+	before := cpuSeconds(b, p.cmd.Process.Pid)
+	out, err := cmd.Output()
+	after := cpuSeconds(b, p.cmd.Process.Pid)
+	if err != nil {
+		b.Fatalf("load against %s: %v", server, err)
+	}
+	var res LoadResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		b.Fatalf("load output %q: %v", out, err)
+	}
+	if res.Errors > 0 || res.RoundTrips == 0 {
+		b.Fatalf("load against %s: %v", server, res)
+	}
+	return measurement{perSecond: res.PerSecond, p50: res.P50us, p99: res.P99us,
+		cpuPerMillion: (after - before) / float64(res.RoundTrips) * 1e6}
+}
+
+// cpuSeconds is utime+stime of every thread of pid, from /proc/PID/stat (clock ticks of 10 ms).
+func cpuSeconds(b *testing.B, pid int) float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := string(raw)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	// After the name: state(3) ... utime(14) stime(15), counted from field 3.
+	utime, _ := strconv.ParseFloat(fields[14-3], 64)
+	stime, _ := strconv.ParseFloat(fields[15-3], 64)
+	return (utime + stime) / 100 // USER_HZ is 100 on Linux
+}
+
+// procStatus reads one "Name: value kB" field of /proc/PID/status.
+func procStatus(pid int, field string) float64 {
+	raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(raw), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			v, _ := strconv.ParseFloat(strings.Fields(rest)[0], 64)
+			return v
+		}
+	}
+	return 0
+}
+
+func countFDs(pid int) int {
+	entries, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	return len(entries)
+}
+
+type idleMeasurement struct{ bytesPerConn, fdsPerConn float64 }
+
+func medianIdle(ms []idleMeasurement) idleMeasurement {
+	var a, f []float64
+	for _, m := range ms {
+		a, f = append(a, m.bytesPerConn), append(f, m.fdsPerConn)
+	}
+	slices.Sort(a)
+	slices.Sort(f)
+	if len(a) == 0 {
+		return idleMeasurement{}
+	}
+	return idleMeasurement{a[len(a)/2], f[len(f)/2]}
+}
+
+// measureIdle opens n idle connections to a fresh server and reports how much its resident
+// memory (VmRSS) and descriptor count grew per connection once they stop growing.
+func measureIdle(b *testing.B, server, serverCPU, clientCPU string, n int) idleMeasurement {
+	p := startBenchServer(b, server, serverCPU)
+	defer p.stop(b, syscall.SIGTERM)
+	pid := p.cmd.Process.Pid
+	baseRSS, baseFDs := procStatus(pid, "VmRSS"), countFDs(pid)
+	load := pinned(clientCPU, labtest.ProgramCommand("load", "-addr", p.addr.String(), "-conns", strconv.Itoa(n), "-idle", "-duration", "5m"))
+	out, err := load.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := load.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = load.Process.Signal(syscall.SIGTERM); _ = load.Wait() }()
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() || !strings.HasPrefix(sc.Text(), "holding") {
+		b.Fatalf("load -idle: %q", sc.Text())
+	}
+	// The server has them all when its fd count stops growing (stdlib: 3 per connection,
+	// the socket and the pipe io.Copy splices through).
+	last, stable := -1, 0
+	ok := labtest.Poll(30*time.Second, func() (bool, string) {
+		fds := countFDs(pid)
+		if fds == last && fds >= baseFDs+n {
+			stable++
+		} else {
+			last, stable = fds, 0
+		}
+		return stable >= 5, ""
+	})
+	if !ok {
+		b.Fatalf("%s never settled at %d connections (fds %d)", server, n, last)
+	}
+	rss := procStatus(pid, "VmRSS")
+	return idleMeasurement{bytesPerConn: (rss - baseRSS) * 1024 / float64(n), fdsPerConn: float64(last-baseFDs) / float64(n)}
+}
+
+// pinned runs cmd under taskset -c cpu (all its threads inherit the mask), when cpu is set
+// and taskset exists.
+func pinned(cpu string, cmd *exec.Cmd) *exec.Cmd {
+	if cpu == "" {
+		return cmd
+	}
+	taskset, err := exec.LookPath("taskset")
+	if err != nil {
+		return cmd
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return cmd
+	}
+	cmd.Path = taskset
+	cmd.Args = append([]string{"taskset", "-c", cpu, exe}, cmd.Args[1:]...)
+	return cmd
+}
+
+// BenchmarkWorkerPool shows when the worker pool pays: with no work per message it only adds a
+// hand-off (a channel send and a wake-up per event, and an epoll_ctl to re-arm); with CPU work
+// per message, two workers use both cores where the event loop uses one. Nothing is pinned
+// here, so the server may use every core.
+//
+//	go test -run '^$' -bench WorkerPool -benchtime 1x -v ./06-epoll-server/
+func BenchmarkWorkerPool(b *testing.B) {
+	rounds := envInt("SOCKLAB_BENCH_ROUNDS", 3)
+	seconds := envInt("SOCKLAB_BENCH_SECONDS", 1)
+	type cfg struct{ work, workers string }
+	var cfgs []cfg
+	for _, work := range []string{"0", "50us"} {
+		for _, workers := range []string{"0", "2"} {
+			cfgs = append(cfgs, cfg{work, workers})
+		}
+	}
+	samples := map[cfg][]measurement{}
+	for range b.N {
+		for round := range rounds {
+			for i := range cfgs {
+				c := cfgs[(i+round)%len(cfgs)]
+				samples[c] = append(samples[c], measure(b, "epoll", "", "", 50, 64, seconds, "-work", c.work, "-workers", c.workers))
+			}
+		}
+	}
+	var t strings.Builder
+	fmt.Fprintf(&t, "\n50 conns × 64 B, %d rounds × %d s, medians, nothing pinned (%d CPUs)\n\n", rounds, seconds, runtime.NumCPU())
+	fmt.Fprintln(&t, "| -work | -workers | rt/s | p50/p99 µs | server CPU s/M rt |")
+	fmt.Fprintln(&t, "|---|---:|---:|---:|---:|")
+	for _, c := range cfgs {
+		m := median(samples[c])
+		fmt.Fprintf(&t, "| %s | %s | %.0f | %.0f / %.0f | %.2f |\n", c.work, c.workers, m.perSecond, m.p50, m.p99, m.cpuPerMillion)
+	}
+	b.Log(t.String())
+	b.ReportMetric(0, "ns/op")
+}

@@ -1,0 +1,200 @@
+//go:build linux
+
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"socklab/internal/lab"
+)
+
+// serverRole is `server`: the epoll echo server, until SIGINT or SIGTERM.
+func serverRole(args []string, stdout, stderr io.Writer) error {
+	fs := lab.NewFlagSet("server", stderr)
+	addr := fs.String("addr", "127.0.0.1:9000", "address to listen on (IP:PORT; port 0 picks one)")
+	et := fs.Bool("et", false, "edge-triggered (EPOLLET): drain accept and read to EAGAIN")
+	workers := fs.Int("workers", 0, "0 handles events on the event loop; N>0 hands them to N workers (EPOLLONESHOT)")
+	work := fs.Duration("work", 0, "simulated CPU work per message (e.g. 50us)")
+	chunk := fs.Int("chunk", DefaultChunk, "bytes per read = most output pending per connection (backpressure bound)")
+	backlog := fs.Int("backlog", 4096, "listen(2) backlog")
+	nofile := fs.Int("nofile", 0, "lower the soft RLIMIT_NOFILE to this first (shows EMFILE handling)")
+	trace := fs.Bool("trace", false, "print every epoll_wait result and system call on connections (slow)")
+	if err := lab.ParseFlags(fs, args); err != nil {
+		return err
+	}
+	ap, err := lab.ParseAddrPort("addr", *addr)
+	if err != nil {
+		return err
+	}
+	switch {
+	case *workers < 0 || *workers > 1024:
+		return lab.Usagef("-workers %d: want 0 (inline) to 1024", *workers)
+	case *work < 0 || *work > time.Second:
+		return lab.Usagef("-work %v: want 0 to 1s of CPU per message", *work)
+	case *chunk < 1 || *chunk > 16<<20:
+		return lab.Usagef("-chunk %d: want 1 to 16777216 bytes", *chunk)
+	case *backlog < 1:
+		return lab.Usagef("-backlog %d: want at least 1", *backlog)
+	case *nofile != 0 && (*nofile < 16 || *nofile > 1<<20):
+		return lab.Usagef("-nofile %d: want 16 to 1048576 (the server itself needs about 10 fds)", *nofile)
+	}
+	cfg := ServerConfig{Addr: ap, EdgeTriggered: *et, Workers: *workers, Work: *work,
+		ChunkSize: *chunk, Backlog: *backlog, NoFile: *nofile}
+	n := lab.NewNarrator(stdout, false)
+	s, err := Listen(cfg, n)
+	if err != nil {
+		return err
+	}
+	if *trace {
+		s.trace = n
+	}
+	// SIGINT/SIGTERM arrive on a Go channel; the goroutine that receives them writes the
+	// eventfd, which wakes epoll_wait on the loop's thread.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case sig := <-sigs:
+			n.Say("got %v: waking epoll_wait through the eventfd", sig)
+			_ = s.Wake()
+		case <-done:
+		}
+	}()
+	n.Say("serving: %s; Ctrl-C stops", cfg.Mode())
+	if err := s.Serve(); err != nil {
+		return err
+	}
+	n.Say("sockets still open at exit (from /proc/self/fd): %d", openSockets())
+	return nil
+}
+
+// Mode describes the configuration in words.
+func (c ServerConfig) Mode() string {
+	trig := "level-triggered"
+	if c.EdgeTriggered {
+		trig = "edge-triggered (EPOLLET)"
+	}
+	pool := "inline on the event loop"
+	if c.Workers > 0 {
+		pool = fmt.Sprintf("%d workers, EPOLLONESHOT", c.Workers)
+	}
+	s := trig + ", " + pool
+	if c.Work > 0 {
+		s += fmt.Sprintf(", %v of work per message", c.Work)
+	}
+	return s
+}
+
+// openSockets counts this process's descriptors that are sockets, as the kernel lists them.
+func openSockets() int {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return -1
+	}
+	count := 0
+	for _, e := range entries {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(target, "socket:") {
+			count++
+		}
+	}
+	return count
+}
+
+// stdServerRole is `stdserver`: the idiomatic Go echo server the benchmark compares against —
+// a goroutine per connection and io.Copy, on Go's own netpoller (which is epoll too).
+func stdServerRole(args []string, stdout, stderr io.Writer) error {
+	fs := lab.NewFlagSet("stdserver", stderr)
+	addr := fs.String("addr", "127.0.0.1:9000", "address to listen on (IP:PORT)")
+	if err := lab.ParseFlags(fs, args); err != nil {
+		return err
+	}
+	ap, err := lab.ParseAddrPort("addr", *addr)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", ap.String())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "    -> listening on %s\n", ln.Addr())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() { <-sigs; ln.Close() }()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return nil // closed by the signal
+		}
+		go func() {
+			defer c.Close()
+			_, _ = io.Copy(c, c)
+		}()
+	}
+}
+
+// stopSignal turns a channel that delivers once into one that is closed then.
+func stopSignal[T any](in <-chan T) <-chan struct{} {
+	out := make(chan struct{})
+	go func() { <-in; close(out) }()
+	return out
+}
+
+// loadRole is `load`: the load generator.
+func loadRole(args []string, stdout, stderr io.Writer) error {
+	fs := lab.NewFlagSet("load", stderr)
+	addr := fs.String("addr", "127.0.0.1:9000", "server address (IP:PORT)")
+	conns := fs.Int("conns", 50, "connections")
+	size := fs.Int("size", 64, "message size in bytes")
+	duration := fs.Duration("duration", 3*time.Second, "how long to run (idle mode: how long to hold)")
+	idle := fs.Bool("idle", false, "open the connections and hold them idle instead of ping-pong")
+	asJSON := fs.Bool("json", false, "print the result as one JSON object")
+	if err := lab.ParseFlags(fs, args); err != nil {
+		return err
+	}
+	ap, err := lab.ParseAddrPort("addr", *addr)
+	if err != nil {
+		return err
+	}
+	switch {
+	case *conns < 1 || *conns > 100000:
+		return lab.Usagef("-conns %d: want 1 to 100000", *conns)
+	case *size < 1 || *size > 1<<20:
+		return lab.Usagef("-size %d: want 1 to 1048576 bytes", *size)
+	case *duration <= 0:
+		return lab.Usagef("-duration %v: want a positive duration, e.g. 3s", *duration)
+	}
+	cfg := LoadConfig{Addr: ap, Conns: *conns, Size: *size, Duration: *duration, Idle: *idle}
+	if *idle {
+		// Hold until the duration ends or a signal comes, whichever is first.
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+		defer signal.Stop(sigs)
+		cfg.Stop = stopSignal(sigs)
+		cfg.Ready = func(open int) { fmt.Fprintf(stdout, "holding %d idle connections\n", open) }
+	}
+	res, err := RunLoad(cfg)
+	if err != nil {
+		return err
+	}
+	if *idle {
+		fmt.Fprintf(stdout, "closing %d idle connections\n", *conns)
+		return nil
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(res)
+	}
+	fmt.Fprintln(stdout, res)
+	return nil
+}

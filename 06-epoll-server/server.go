@@ -1,0 +1,630 @@
+//go:build linux
+
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"socklab/internal/lab"
+)
+
+// ServerConfig is what the server role's flags set.
+type ServerConfig struct {
+	Addr netip.AddrPort
+	// EdgeTriggered registers every fd with EPOLLET: each report means "something changed",
+	// so accept and read must drain to EAGAIN (epoll(7), "Level-triggered and edge-triggered").
+	EdgeTriggered bool
+	// Workers is 0 to handle events on the event-loop thread, or the size of the worker pool;
+	// then every connection is armed EPOLLONESHOT and re-armed by the worker that handled it.
+	Workers int
+	// Work is simulated CPU work per message (per read), to show when a pool pays off.
+	Work time.Duration
+	// ChunkSize is the most one read takes, and so the most output a connection may have
+	// pending in the server: while output is pending the server does not read (backpressure).
+	ChunkSize int
+	// Backlog is listen(2)'s backlog.
+	Backlog int
+	// NoFile, when > 0, lowers the soft RLIMIT_NOFILE first (to show EMFILE handling).
+	NoFile int
+}
+
+// DefaultChunk is the default read size and per-connection output bound.
+const DefaultChunk = 64 << 10
+
+// Stats are the server's counters. They are the program's own bookkeeping: tests assert the
+// kernel's view and use these only to explain.
+type Stats struct {
+	Accepted      atomic.Int64 // connections accepted and served
+	Closed        atomic.Int64 // connections closed by the server
+	Shed          atomic.Int64 // connections accepted and closed at once because of EMFILE/ENFILE
+	Resets        atomic.Int64 // ECONNRESET / EPIPE seen on read or send
+	Backpressured atomic.Int64 // times a connection stopped being read because its output was full
+	Overlaps      atomic.Int64 // times two workers held one connection (must stay 0)
+	Wakeups       atomic.Int64 // epoll_wait calls that returned events
+}
+
+// conn is one accepted connection. In worker mode exactly one goroutine owns it at a time:
+// the worker that got its EPOLLONESHOT report, until that worker re-arms it.
+type conn struct {
+	fd    int
+	gen   int32  // distinguishes this connection from a later one given the same fd number
+	out   []byte // output the kernel would not take yet (nil when none: idle costs nothing)
+	armed uint32 // the interest list entry's current events (inline mode only)
+	// owned is set while a worker handles the connection. Besides detecting overlaps, the
+	// atomic gives the race detector (and the memory model) the ordering that epoll's
+	// re-arm gives the kernel: what one worker wrote is visible to the next.
+	owned atomic.Bool
+}
+
+// Server is the epoll echo server.
+type Server struct {
+	cfg   ServerConfig
+	n     *lab.Narrator // setup and shutdown narration
+	trace *lab.Narrator // per-event narration (demo only; nil when serving for real)
+
+	lfd, epfd, wakefd int
+	wakeMu            sync.Mutex  // guards wakefd between Wake and shutdown
+	reservefd         int         // an fd kept open to give back when accept hits EMFILE
+	paused            atomic.Bool // listener disarmed because fds ran out and no reserve was left
+	Addr              netip.AddrPort
+
+	conns   []atomic.Pointer[conn] // indexed by fd
+	nextGen int32
+	jobs    chan job
+	workers sync.WaitGroup
+	Stats   Stats
+}
+
+type job struct {
+	c      *conn
+	events uint32
+}
+
+// Listen sets up the listening socket, the epoll instance and the wake-up eventfd, narrating
+// each system call to n. The server does not run until Serve.
+func Listen(cfg ServerConfig, n *lab.Narrator) (*Server, error) {
+	if cfg.ChunkSize <= 0 {
+		cfg.ChunkSize = DefaultChunk
+	}
+	if cfg.Backlog <= 0 {
+		cfg.Backlog = 4096
+	}
+	s := &Server{cfg: cfg, n: n, lfd: -1, epfd: -1, wakefd: -1, reservefd: -1}
+	if err := s.setup(); err != nil {
+		s.closeAll()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) setup() error {
+	n, cfg := s.n, s.cfg
+	if cfg.NoFile > 0 {
+		// Only the soft limit: an unprivileged process may lower it and raise it again.
+		var lim unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+			return err
+		}
+		lim.Cur = uint64(cfg.NoFile)
+		err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+		if n.Sys(0, err, "setrlimit(RLIMIT_NOFILE, {rlim_cur=%d, rlim_max=%d})", lim.Cur, lim.Max) != nil {
+			return err
+		}
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return err
+	}
+	// No fd number can reach the soft limit, so a slice indexed by fd holds every connection.
+	s.conns = make([]atomic.Pointer[conn], lim.Cur)
+
+	family := unix.AF_INET
+	if cfg.Addr.Addr().Is6() {
+		family = unix.AF_INET6
+	}
+	var err error
+	s.lfd, err = unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if n.Sys(s.lfd, err, "socket(%s, SOCK_STREAM|SOCK_CLOEXEC, 0)", familyName(family)) != nil {
+		return err
+	}
+	err = unix.SetsockoptInt(s.lfd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	if n.Sys(0, err, "setsockopt(%d, SOL_SOCKET, SO_REUSEADDR, [1])", s.lfd) != nil {
+		return err
+	}
+	sa := lab.SockaddrOf(cfg.Addr)
+	err = unix.Bind(s.lfd, sa)
+	if n.Sys(0, err, "bind(%d, %s)", s.lfd, lab.Sockaddr(sa)) != nil {
+		return fmt.Errorf("bind %v: %w", cfg.Addr, err)
+	}
+	err = unix.Listen(s.lfd, cfg.Backlog)
+	if n.Sys(0, err, "listen(%d, %d)", s.lfd, cfg.Backlog) != nil {
+		return err
+	}
+	bound, err := unix.Getsockname(s.lfd)
+	if err != nil {
+		return err
+	}
+	s.Addr = lab.AddrPortOf(bound)
+	n.Result("listening on %s", s.Addr)
+
+	// The listening socket is made non-blocking the classic way, with fcntl: an accept()
+	// after a stale readiness report must return EAGAIN, not block the whole loop.
+	flags, err := unix.FcntlInt(uintptr(s.lfd), unix.F_GETFL, 0)
+	if n.Sys(flags, err, "fcntl(%d, F_GETFL)", s.lfd) != nil {
+		return err
+	}
+	_, err = unix.FcntlInt(uintptr(s.lfd), unix.F_SETFL, flags|unix.O_NONBLOCK)
+	if n.Sys(0, err, "fcntl(%d, F_SETFL, %s)", s.lfd, openFlags(flags|unix.O_NONBLOCK)) != nil {
+		return err
+	}
+
+	s.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if n.Sys(s.epfd, err, "epoll_create1(EPOLL_CLOEXEC)") != nil {
+		return err
+	}
+	// An eventfd is how another thread (the signal handler's goroutine) wakes epoll_wait.
+	s.wakefd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if n.Sys(s.wakefd, err, "eventfd2(0, EFD_NONBLOCK|EFD_CLOEXEC)") != nil {
+		return err
+	}
+	// The reserve fd: one descriptor kept for the day accept() fails with EMFILE.
+	s.reservefd, err = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if n.Sys(s.reservefd, err, `open("/dev/null", O_RDONLY|O_CLOEXEC) (the reserve fd)`) != nil {
+		return err
+	}
+
+	listenEvents := uint32(unix.EPOLLIN)
+	if cfg.EdgeTriggered {
+		listenEvents |= unix.EPOLLET
+	}
+	for _, r := range []struct {
+		fd     int
+		events uint32
+	}{{s.lfd, listenEvents}, {s.wakefd, unix.EPOLLIN}} {
+		ev := unix.EpollEvent{Events: r.events, Fd: int32(r.fd)}
+		err = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, r.fd, &ev)
+		if n.Sys(0, err, "epoll_ctl(%d, EPOLL_CTL_ADD, %d, {%s})", s.epfd, r.fd, EventString(r.events)) != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Wake asks Serve to shut down, from any goroutine: write(eventfd, 1) makes it readable,
+// which ends the epoll_wait the loop sleeps in.
+func (s *Server) Wake() error {
+	// The lock keeps Wake from writing to the eventfd's number after shutdown closed it (and
+	// the number went to some other file).
+	s.wakeMu.Lock()
+	defer s.wakeMu.Unlock()
+	if s.wakefd < 0 {
+		return nil // already shut down
+	}
+	var one [8]byte
+	one[0] = 1 // the counter is a host-endian uint64; x86 is little-endian
+	_, err := unix.Write(s.wakefd, one[:])
+	if errors.Is(err, unix.EAGAIN) { // counter saturated: a wake-up is already pending
+		err = nil
+	}
+	return err
+}
+
+// Serve runs the event loop until Wake is called, then closes every fd it opened and returns.
+func (s *Server) Serve() error {
+	if s.cfg.Workers > 0 {
+		s.jobs = make(chan job, 4*s.cfg.Workers)
+		for i := range s.cfg.Workers {
+			s.workers.Add(1)
+			go s.worker(i + 1)
+		}
+	}
+	err := s.loop()
+	if s.jobs != nil {
+		close(s.jobs)
+		s.workers.Wait()
+	}
+	s.shutdown()
+	return err
+}
+
+func (s *Server) loop() error {
+	events := make([]unix.EpollEvent, 256)
+	var buf []byte
+	if s.cfg.Workers == 0 {
+		buf = make([]byte, s.cfg.ChunkSize) // inline mode: one read buffer for every connection
+	}
+	for {
+		n, err := unix.EpollWait(s.epfd, events, -1)
+		if err == unix.EINTR {
+			// A signal interrupted the wait (Go's scheduler preempts threads with SIGURG);
+			// epoll_wait is never restarted automatically, whatever SA_RESTART says.
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("epoll_wait: %w", err)
+		}
+		s.Stats.Wakeups.Add(1)
+		if s.trace != nil {
+			s.trace.Sys(n, nil, "epoll_wait(%d, %s, %d, -1)", s.epfd, EventsString(events[:n]), len(events))
+		}
+		for _, ev := range events[:n] {
+			switch fd := int(ev.Fd); {
+			case fd == s.wakefd && ev.Pad == 0:
+				return nil
+			case fd == s.lfd && ev.Pad == 0:
+				s.acceptReady()
+			default:
+				c := s.lookup(ev)
+				if c == nil {
+					continue // a report for a connection closed earlier in this batch
+				}
+				if s.jobs != nil {
+					s.jobs <- job{c, ev.Events}
+					continue
+				}
+				open, wantOut := s.serveConn(c, ev.Events, buf)
+				if open {
+					s.arm(c, wantOut)
+				}
+			}
+		}
+	}
+}
+
+func (s *Server) worker(id int) {
+	defer s.workers.Done()
+	buf := make([]byte, s.cfg.ChunkSize)
+	for j := range s.jobs {
+		c := j.c
+		if c.owned.Swap(true) {
+			s.Stats.Overlaps.Add(1) // EPOLLONESHOT makes this impossible; counted to prove it
+		}
+		if s.trace != nil {
+			s.trace.Say("worker %d takes fd %d {%s}", id, c.fd, EventString(j.events))
+		}
+		open, wantOut := s.serveConn(c, j.events, buf)
+		c.owned.Store(false)
+		if s.trace != nil && open {
+			s.trace.Say("worker %d is done with fd %d and re-arms it", id, c.fd)
+		}
+		if open {
+			s.arm(c, wantOut) // EPOLL_CTL_MOD re-arms the one-shot entry: the fd is reported again
+		}
+	}
+}
+
+// lookup finds the connection an event is about, or nil if that connection is gone: epoll_data
+// carries the fd and a generation, because fd numbers are reused at once after close().
+func (s *Server) lookup(ev unix.EpollEvent) *conn {
+	fd := int(ev.Fd)
+	if fd < 0 || fd >= len(s.conns) {
+		return nil
+	}
+	c := s.conns[fd].Load()
+	if c == nil || c.gen != ev.Pad {
+		return nil
+	}
+	return c
+}
+
+// acceptReady accepts after the listener was reported readable: one connection in
+// level-triggered mode (the kernel reports again while the accept queue is not empty), every
+// waiting connection in edge-triggered mode (no report comes for those already queued).
+func (s *Server) acceptReady() {
+	for {
+		nfd, _, err := unix.Accept4(s.lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if s.trace != nil {
+			s.trace.Sys(nfd, err, "accept4(%d, ..., SOCK_NONBLOCK|SOCK_CLOEXEC)", s.lfd)
+		}
+		switch {
+		case err == nil:
+			s.register(nfd)
+		case err == unix.EAGAIN:
+			return
+		case err == unix.EINTR, err == unix.ECONNABORTED:
+			continue // the connection was reset while queued; try the next
+		case err == unix.EMFILE, err == unix.ENFILE:
+			if !s.shed() {
+				return
+			}
+			continue
+		default:
+			s.n.Say("accept4: %v", err)
+			return
+		}
+		if !s.cfg.EdgeTriggered {
+			return
+		}
+	}
+}
+
+// shed handles EMFILE/ENFILE: the connection waiting in the accept queue keeps the listener
+// readable, so a level-triggered loop that just retries spins at 100% CPU. Give back the
+// reserve fd, accept the connection, close it (the client sees an orderly close instead of
+// hanging), and take the reserve again. It reports whether a connection was shed.
+func (s *Server) shed() bool {
+	if s.reservefd < 0 {
+		s.reservefd, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	}
+	if s.reservefd < 0 {
+		// No fd to give back: stop listening for readiness until a connection closes.
+		ev := unix.EpollEvent{Events: 0, Fd: int32(s.lfd)}
+		if unix.EpollCtl(s.epfd, unix.EPOLL_CTL_MOD, s.lfd, &ev) == nil {
+			s.paused.Store(true)
+		}
+		return false
+	}
+	unix.Close(s.reservefd)
+	s.reservefd = -1
+	nfd, _, err := unix.Accept4(s.lfd, unix.SOCK_CLOEXEC)
+	if err == nil {
+		unix.Close(nfd)
+		s.Stats.Shed.Add(1)
+	}
+	s.reservefd, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	return err == nil
+}
+
+func (s *Server) register(fd int) {
+	if fd >= len(s.conns) { // only if someone raised our RLIMIT_NOFILE from outside
+		unix.Close(fd)
+		s.Stats.Shed.Add(1)
+		return
+	}
+	s.nextGen++
+	if s.nextGen <= 0 {
+		s.nextGen = 1 // generation 0 marks the listener and the eventfd
+	}
+	c := &conn{fd: fd, gen: s.nextGen}
+	c.armed = s.readEvents()
+	s.conns[fd].Store(c)
+	ev := unix.EpollEvent{Events: c.armed, Fd: int32(fd), Pad: c.gen}
+	if err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		s.conns[fd].Store(nil)
+		unix.Close(fd)
+		return
+	}
+	if s.trace != nil {
+		s.trace.Sys(0, nil, "epoll_ctl(%d, EPOLL_CTL_ADD, %d, {%s})", s.epfd, fd, EventString(c.armed))
+	}
+	s.Stats.Accepted.Add(1)
+}
+
+// readEvents is the interest of a connection the server wants to read from.
+func (s *Server) readEvents() uint32 {
+	ev := uint32(unix.EPOLLIN | unix.EPOLLRDHUP)
+	if s.cfg.EdgeTriggered {
+		ev |= unix.EPOLLET
+	}
+	if s.cfg.Workers > 0 {
+		ev |= unix.EPOLLONESHOT
+	}
+	return ev
+}
+
+// arm sets the connection's interest: readable, or — while output is pending — writable only.
+// Not asking for EPOLLIN then is the backpressure: the kernel's receive buffer fills, its
+// window closes, and the client's send() blocks, while the server holds at most one chunk.
+// (EPOLLRDHUP is left out too: level-triggered, it would be reported again and again.)
+func (s *Server) arm(c *conn, wantOut bool) {
+	events := s.readEvents()
+	if wantOut {
+		events = unix.EPOLLOUT | events&(unix.EPOLLET|unix.EPOLLONESHOT)
+	}
+	if s.cfg.Workers == 0 { // inline mode: skip the system call when nothing changes
+		if events == c.armed {
+			return
+		}
+		c.armed = events
+	}
+	ev := unix.EpollEvent{Events: events, Fd: int32(c.fd), Pad: c.gen}
+	err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_MOD, c.fd, &ev)
+	if s.trace != nil {
+		s.trace.Sys(0, err, "epoll_ctl(%d, EPOLL_CTL_MOD, %d, {%s})", s.epfd, c.fd, EventString(events))
+	}
+}
+
+// serveConn handles one readiness report for a connection and reports whether it is still
+// open and whether it now waits for EPOLLOUT.
+func (s *Server) serveConn(c *conn, events uint32, buf []byte) (open, wantOut bool) {
+	if c.out != nil {
+		// Output was pending, so the fd was armed for EPOLLOUT only.
+		if open, pending := s.flush(c); !open || pending {
+			return open, pending
+		}
+		// Drained: fall through and read again (data may have waited all along; in
+		// edge-triggered mode no new report would come for it).
+	}
+	for {
+		n, err := unix.Read(c.fd, buf)
+		if s.trace != nil {
+			s.trace.Sys(n, err, "read(%d, ..., %d)", c.fd, len(buf))
+		}
+		switch {
+		case err == nil && n > 0:
+			s.simulateWork()
+			if open, pending := s.send(c, buf[:n]); !open || pending {
+				return open, pending
+			}
+			if !s.cfg.EdgeTriggered {
+				return true, false // level-triggered: the kernel reports again if more is waiting
+			}
+		case err == nil: // read() = 0: the peer sent FIN (EPOLLRDHUP said so) and all is echoed
+			s.close(c)
+			return false, false
+		case err == unix.EAGAIN:
+			return true, false
+		case err == unix.EINTR:
+		default: // ECONNRESET: the peer sent RST
+			s.Stats.Resets.Add(1)
+			s.close(c)
+			return false, false
+		}
+	}
+}
+
+// sendFlags: MSG_NOSIGNAL turns "peer is gone" into EPIPE instead of SIGPIPE, whose default
+// action kills a C server (send(2)). Go's runtime ignores SIGPIPE on sockets, but the flag is
+// what makes this code correct in any language.
+const sendFlags = unix.MSG_NOSIGNAL
+
+// send writes p, keeping what the kernel will not take yet in c.out.
+func (s *Server) send(c *conn, p []byte) (open, pending bool) {
+	for len(p) > 0 {
+		n, err := unix.SendmsgN(c.fd, p, nil, nil, sendFlags)
+		if s.trace != nil {
+			s.trace.Sys(n, err, "sendmsg(%d, ..., %d bytes, MSG_NOSIGNAL)", c.fd, len(p))
+		}
+		switch {
+		case err == nil:
+			p = p[n:]
+		case err == unix.EINTR:
+		case err == unix.EAGAIN:
+			c.out = append([]byte(nil), p...) // at most one chunk: no read until it drains
+			s.Stats.Backpressured.Add(1)
+			return true, true
+		default: // EPIPE or ECONNRESET: the peer reset the connection while we were writing
+			s.Stats.Resets.Add(1)
+			s.close(c)
+			return false, false
+		}
+	}
+	return true, false
+}
+
+func (s *Server) flush(c *conn) (open, pending bool) {
+	p := c.out
+	c.out = nil
+	open, pending = s.send(c, p)
+	if pending {
+		s.Stats.Backpressured.Add(-1) // still the same episode
+	}
+	return open, pending
+}
+
+func (s *Server) simulateWork() {
+	if s.cfg.Work <= 0 {
+		return
+	}
+	// Busy work, not a sleep: it stands for parsing or computing, which holds a CPU.
+	deadline := time.Now().Add(s.cfg.Work)
+	x := uint64(1)
+	for time.Now().Before(deadline) {
+		for range 64 {
+			x = x*6364136223846793005 + 1442695040888963407
+		}
+	}
+	workSink.Add(x)
+}
+
+var workSink atomic.Uint64
+
+func (s *Server) close(c *conn) {
+	s.conns[c.fd].Store(nil)
+	// Deleting before close matters when the fd was dup'ed: epoll watches the open file, and
+	// close() removes the entry only when the last descriptor of it goes (epoll(7), Q6).
+	err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
+	if s.trace != nil {
+		s.trace.Sys(0, err, "epoll_ctl(%d, EPOLL_CTL_DEL, %d, NULL)", s.epfd, c.fd)
+	}
+	err = unix.Close(c.fd)
+	if s.trace != nil {
+		s.trace.Sys(0, err, "close(%d)", c.fd)
+	}
+	s.Stats.Closed.Add(1)
+	if s.paused.CompareAndSwap(true, false) {
+		// An fd is free again: listen for connections again.
+		ev := unix.EpollEvent{Events: s.readEvents() &^ (unix.EPOLLRDHUP | unix.EPOLLONESHOT), Fd: int32(s.lfd)}
+		_ = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_MOD, s.lfd, &ev)
+	}
+}
+
+// shutdown closes every connection and then the server's own fds.
+func (s *Server) shutdown() {
+	open := 0
+	for i := range s.conns {
+		if c := s.conns[i].Load(); c != nil {
+			s.conns[i].Store(nil)
+			unix.Close(c.fd)
+			open++
+		}
+	}
+	s.n.Say("closed %d open connection(s); accepted %d, shed %d (EMFILE), resets %d, backpressure %d",
+		open, s.Stats.Accepted.Load(), s.Stats.Shed.Load(), s.Stats.Resets.Load(), s.Stats.Backpressured.Load())
+	s.closeAll()
+}
+
+func (s *Server) closeAll() {
+	s.wakeMu.Lock()
+	defer s.wakeMu.Unlock()
+	for _, fd := range []*int{&s.lfd, &s.reservefd, &s.wakefd, &s.epfd} {
+		if *fd >= 0 {
+			err := unix.Close(*fd)
+			s.n.Sys(0, err, "close(%d)", *fd)
+			*fd = -1
+		}
+	}
+}
+
+// EventString renders an epoll event mask as strace does: EPOLLIN|EPOLLRDHUP.
+func EventString(ev uint32) string {
+	var names []string
+	for _, f := range []struct {
+		bit  uint32
+		name string
+	}{
+		{unix.EPOLLIN, "EPOLLIN"}, {unix.EPOLLOUT, "EPOLLOUT"}, {unix.EPOLLRDHUP, "EPOLLRDHUP"},
+		{unix.EPOLLERR, "EPOLLERR"}, {unix.EPOLLHUP, "EPOLLHUP"},
+		{unix.EPOLLONESHOT, "EPOLLONESHOT"}, {unix.EPOLLET, "EPOLLET"},
+	} {
+		if ev&f.bit != 0 {
+			names = append(names, f.name)
+			ev &^= f.bit
+		}
+	}
+	if ev != 0 || len(names) == 0 {
+		names = append(names, fmt.Sprintf("%#x", ev))
+	}
+	return strings.Join(names, "|")
+}
+
+// EventsString renders epoll_wait's result array: [{EPOLLIN, fd 7}, ...].
+func EventsString(evs []unix.EpollEvent) string {
+	parts := make([]string, len(evs))
+	for i, ev := range evs {
+		parts[i] = fmt.Sprintf("{%s, fd %d}", EventString(ev.Events), ev.Fd)
+	}
+	return "[" + strings.Join(parts, ", ") + "]"
+}
+
+func familyName(f int) string {
+	if f == unix.AF_INET6 {
+		return "AF_INET6"
+	}
+	return "AF_INET"
+}
+
+func openFlags(f int) string {
+	var names []string
+	acc := f & unix.O_ACCMODE
+	switch acc {
+	case unix.O_RDONLY:
+		names = append(names, "O_RDONLY")
+	case unix.O_WRONLY:
+		names = append(names, "O_WRONLY")
+	case unix.O_RDWR:
+		names = append(names, "O_RDWR")
+	}
+	if f&unix.O_NONBLOCK != 0 {
+		names = append(names, "O_NONBLOCK")
+	}
+	return strings.Join(names, "|")
+}

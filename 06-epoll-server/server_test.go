@@ -1,0 +1,611 @@
+//go:build linux
+
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"socklab/internal/lab"
+	"socklab/internal/labtest"
+	"socklab/internal/sockdiag"
+)
+
+// startServer runs an in-process server until the test ends.
+func startServer(t *testing.T, cfg ServerConfig) *Server {
+	t.Helper()
+	if !cfg.Addr.IsValid() {
+		cfg.Addr = loopback
+	}
+	s, err := Listen(cfg, lab.Quiet())
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- s.Serve() }()
+	t.Cleanup(func() {
+		require.NoError(t, s.Wake())
+		require.NoError(t, <-done)
+	})
+	return s
+}
+
+// echoOnce sends msg on a new connection and checks the exact echo.
+func echoOnce(t *testing.T, addr netip.AddrPort, msg string) {
+	t.Helper()
+	fd, _ := labtest.Dial(t, addr)
+	_, err := unix.Write(fd, []byte(msg))
+	require.NoError(t, err)
+	got, err := readFull(fd, len(msg), 10*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, msg, string(got))
+}
+
+// Many clients at once, each streaming random bytes in random-sized writes while reading the
+// echo back: every client must get exactly its own bytes, in every server mode.
+func TestManyClientsGetExactEchoes(t *testing.T) {
+	t.Parallel()
+	modes := []struct {
+		name string
+		cfg  ServerConfig
+	}{
+		{"inline-LT", ServerConfig{}},
+		{"inline-ET", ServerConfig{EdgeTriggered: true}},
+		{"workers-LT", ServerConfig{Workers: 4}},
+		{"workers-ET", ServerConfig{Workers: 4, EdgeTriggered: true}},
+		{"workers-work", ServerConfig{Workers: 3, Work: 20 * time.Microsecond}},
+		{"small-chunks", ServerConfig{ChunkSize: 100}},
+	}
+	for _, mode := range modes {
+		t.Run(mode.name, func(t *testing.T) {
+			t.Parallel()
+			s := startServer(t, mode.cfg)
+			const clients, perClient = 40, 96 << 10
+			var wg sync.WaitGroup
+			errs := make(chan error, clients)
+			for i := range clients {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					errs <- streamEcho(s.Addr, perClient, uint64(i))
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				assert.NoError(t, err)
+			}
+			assert.Zero(t, s.Stats.Overlaps.Load(), "two workers held one connection")
+		})
+	}
+}
+
+// streamEcho writes n random bytes in random pieces while a second goroutine reads the echo,
+// and compares.
+func streamEcho(addr netip.AddrPort, n int, seed uint64) error {
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	rng := rand.New(rand.NewPCG(seed, 6))
+	data := make([]byte, n)
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	writeErr := make(chan error, 1)
+	go func() {
+		rest := data
+		for len(rest) > 0 {
+			k := min(len(rest), 1+rng.IntN(8192))
+			if _, err := c.Write(rest[:k]); err != nil {
+				writeErr <- err
+				return
+			}
+			rest = rest[k:]
+		}
+		writeErr <- nil
+	}()
+	got := make([]byte, n)
+	_, rerr := io.ReadFull(c, got)
+	if werr := <-writeErr; werr != nil {
+		return fmt.Errorf("write: %w", werr)
+	}
+	if rerr != nil {
+		return fmt.Errorf("read: %w", rerr)
+	}
+	if !bytes.Equal(got, data) {
+		return errors.New("echo differs from what was sent")
+	}
+	return nil
+}
+
+// A client that sends, half-closes (EPOLLRDHUP on the server) and then reads gets every byte
+// back and then EOF: the server closes only after echoing all it read.
+func TestHalfClosedClientGetsFullEchoThenEOF(t *testing.T) {
+	t.Parallel()
+	for _, cfg := range []ServerConfig{{}, {EdgeTriggered: true}, {Workers: 2}} {
+		t.Run(cfg.Mode(), func(t *testing.T) {
+			t.Parallel()
+			s := startServer(t, cfg)
+			c, err := net.Dial("tcp", s.Addr.String())
+			require.NoError(t, err)
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			data := bytes.Repeat([]byte("half-close "), 30000)
+			go func() {
+				_, _ = c.Write(data)
+				_ = c.(*net.TCPConn).CloseWrite()
+			}()
+			got, err := io.ReadAll(c) // ends only at the server's FIN
+			require.NoError(t, err)
+			assert.Equal(t, len(data), len(got))
+			assert.True(t, bytes.Equal(data, got))
+		})
+	}
+}
+
+// A client that sends but never reads: the server stops reading it once one chunk of output is
+// pending, so the data piles up in the kernel's queues — the server socket's Recv-Q grows — and
+// the client's send() finally returns EAGAIN. The bytes the server process holds are computed
+// from the kernel's counts alone: sent − every queue between the two processes. (Part F.)
+func TestSlowReaderGetsBackpressure(t *testing.T) {
+	t.Parallel()
+	for _, cfg := range []ServerConfig{{ChunkSize: 16 << 10}, {ChunkSize: 16 << 10, EdgeTriggered: true}, {ChunkSize: 16 << 10, Workers: 2}} {
+		t.Run(cfg.Mode(), func(t *testing.T) {
+			t.Parallel()
+			r, err := slowReader(quiet(), cfg)
+			require.NoError(t, err)
+			q := r.Queues
+			t.Logf("sent %d B; client Send-Q %d, server Recv-Q %d, server Send-Q %d, client Recv-Q %d; server holds %d B",
+				r.Sent, q.ClientSendQ, q.ServerRecvQ, q.ServerSendQ, q.ClientRecvQ, r.Held)
+			assert.Positive(t, q.ServerRecvQ, "the server stopped draining its receive queue")
+			assert.GreaterOrEqual(t, r.Held, 0)
+			assert.LessOrEqual(t, r.Held, cfg.ChunkSize, "the server holds at most one chunk")
+			assert.Equal(t, "still served", r.Other, "the stuck client blocks nobody")
+		})
+	}
+}
+
+// A client that resets the connection while the server has output pending for it (and is
+// writing into a full socket): the server gets ECONNRESET/EPIPE, closes its end — the kernel
+// shows the socket gone — and goes on serving.
+func TestResetMidWriteIsSurvived(t *testing.T) {
+	t.Parallel()
+	for _, cfg := range []ServerConfig{{ChunkSize: 16 << 10}, {ChunkSize: 16 << 10, Workers: 2}} {
+		t.Run(cfg.Mode(), func(t *testing.T) {
+			t.Parallel()
+			s := startServer(t, cfg)
+			fd := labtest.Socket(t, s.Addr, unix.SOCK_STREAM)
+			require.NoError(t, unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 32<<10))
+			require.NoError(t, unix.Connect(fd, lab.SockaddrOf(s.Addr)))
+			require.NoError(t, unix.SetNonblock(fd, true))
+			client := labtest.LocalAddr(t, fd)
+			chunk := make([]byte, 32<<10)
+			// Fill until the server's send queue holds data it cannot deliver.
+			var inode uint32
+			labtest.WaitFor(t, 20*time.Second, "the server's Send-Q to fill", func() (bool, string) {
+				for range 64 {
+					if _, err := unix.SendmsgN(fd, chunk, nil, nil, unix.MSG_NOSIGNAL); err != nil {
+						break
+					}
+				}
+				srv, found, err := sockdiag.Find(s.Addr, client)
+				if err != nil || !found {
+					return false, fmt.Sprint(err)
+				}
+				inode = srv.Inode
+				return srv.SendQ > 0 && srv.RecvQ > 0, srv.String()
+			})
+			// SO_LINGER {on, 0}: close() sends RST instead of FIN.
+			require.NoError(t, unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}))
+			labtest.CloseNow(t, fd)
+			// The RST moves the server's socket to CLOSE at once (sock_diag stops listing it);
+			// that the server closed its descriptor shows in /proc/self/fd.
+			labtest.WaitFor(t, 10*time.Second, "the server to close its end", func() (bool, string) {
+				return !holdsSocket(inode), fmt.Sprintf("socket:[%d] still has an fd", inode)
+			})
+			echoOnce(t, s.Addr, "after the reset")
+			assert.Positive(t, s.Stats.Resets.Load())
+		})
+	}
+}
+
+// The errno a writer gets after the peer's RST, with MSG_NOSIGNAL: ECONNRESET first (the
+// pending socket error), then EPIPE — never a signal.
+func TestSendAfterResetReturnsErrno(t *testing.T) {
+	t.Parallel()
+	lfd, addr := labtest.Listen(t, labtest.Loopback4, 4)
+	cfd, caddr := labtest.Dial(t, addr)
+	sfd, _ := labtest.Accept(t, lfd, 5*time.Second)
+	require.NoError(t, unix.SetsockoptLinger(cfd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}))
+	labtest.CloseNow(t, cfd)
+	labtest.WaitGone(t, caddr, addr, 5*time.Second)
+	labtest.WaitFor(t, 5*time.Second, "the server end to see the RST", func() (bool, string) {
+		st, err := sockdiag.StateOf(sfd)
+		return err == nil && st == sockdiag.Close, fmt.Sprint(st, err)
+	})
+	_, err1 := unix.SendmsgN(sfd, []byte("x"), nil, nil, unix.MSG_NOSIGNAL)
+	_, err2 := unix.SendmsgN(sfd, []byte("x"), nil, nil, unix.MSG_NOSIGNAL)
+	assert.ErrorIs(t, err1, unix.ECONNRESET)
+	assert.ErrorIs(t, err2, unix.EPIPE)
+}
+
+// --- the server as a separate process ----------------------------------------------------
+
+// serverProcess is the `server` role running in a child process.
+type serverProcess struct {
+	cmd    *exec.Cmd
+	addr   netip.AddrPort
+	out    *bytes.Buffer
+	mu     *sync.Mutex
+	waited chan error
+}
+
+func (p *serverProcess) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+// startServerProcess starts `server -addr 127.0.0.1:0 args...` and waits for its address.
+func startServerProcess(t testing.TB, args ...string) *serverProcess {
+	t.Helper()
+	return startProcess(t, "", append([]string{"server", "-addr", "127.0.0.1:0"}, args...)...)
+}
+
+// startProcess starts the program with args (a role that prints "-> listening on ADDR"),
+// pinned to cpu with taskset(1) when cpu is not empty, and waits for its address.
+func startProcess(t testing.TB, cpu string, args ...string) *serverProcess {
+	t.Helper()
+	cmd := pinned(cpu, labtest.ProgramCommand(args...))
+	pr, pw, err := os.Pipe()
+	require.NoError(t, err)
+	p := &serverProcess{cmd: cmd, out: &bytes.Buffer{}, mu: &sync.Mutex{}, waited: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = pw, pw
+	require.NoError(t, cmd.Start())
+	pw.Close()
+	addrCh := make(chan netip.AddrPort, 1)
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		defer pr.Close()
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			line := sc.Text()
+			_, _ = lockedWriter{p.mu, p.out}.Write([]byte(line + "\n"))
+			if rest, ok := strings.CutPrefix(strings.TrimSpace(line), "-> listening on "); ok {
+				if ap, err := netip.ParseAddrPort(rest); err == nil {
+					addrCh <- ap
+				}
+			}
+		}
+	}()
+	go func() {
+		err := cmd.Wait()
+		<-copied
+		p.waited <- err
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+		select {
+		case <-p.waited:
+		case <-time.After(10 * time.Second):
+		}
+	})
+	select {
+	case p.addr = <-addrCh:
+	case err := <-p.waited:
+		p.waited <- err
+		t.Fatalf("server exited before listening: %v\n%s", err, p.output())
+	case <-time.After(20 * time.Second):
+		t.Fatalf("server did not report its address:\n%s", p.output())
+	}
+	return p
+}
+
+// stop sends sig and returns the exit status.
+func (p *serverProcess) stop(t testing.TB, sig os.Signal) int {
+	t.Helper()
+	require.NoError(t, p.cmd.Process.Signal(sig))
+	select {
+	case err := <-p.waited:
+		p.waited <- err
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		require.NoError(t, err)
+		return 0
+	case <-time.After(20 * time.Second):
+		t.Fatalf("server did not exit after %v:\n%s", sig, p.output())
+		return -1
+	}
+}
+
+// threadsAllSleeping reports whether every thread of pid is sleeping (state S in
+// /proc/PID/task/TID/stat): a loop spinning on a readiness report would stay runnable (R).
+func threadsAllSleeping(pid int) (bool, string) {
+	dirs, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	if err != nil || len(dirs) == 0 {
+		return false, fmt.Sprint("no threads: ", err)
+	}
+	var states []string
+	all := true
+	for _, f := range dirs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return false, err.Error()
+		}
+		// The state follows the command name in parentheses, which may contain spaces.
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 || i+2 >= len(s) {
+			return false, s
+		}
+		st := s[i+2 : i+3]
+		states = append(states, st)
+		if st != "S" {
+			all = false
+		}
+	}
+	return all, strings.Join(states, "")
+}
+
+// dialNoWait connects a blocking socket; connect returns once the handshake is done, even if
+// the server never accepts.
+func dialNoWait(t *testing.T, addr netip.AddrPort) (int, netip.AddrPort) {
+	t.Helper()
+	return labtest.Dial(t, addr)
+}
+
+// With RLIMIT_NOFILE at 24 the server runs out of descriptors after about 17 connections.
+// The rest are accepted with the reserve fd and closed at once: the accept queue empties, those
+// clients see EOF, no thread spins, and the server serves again once fds are free.
+func TestEMFILEShedsWithoutSpinning(t *testing.T) {
+	t.Parallel()
+	for _, mode := range [][]string{nil, {"-et"}} {
+		t.Run(strings.Join(append([]string{"mode"}, mode...), ""), func(t *testing.T) {
+			t.Parallel()
+			p := startServerProcess(t, append([]string{"-nofile", "24", "-backlog", "64"}, mode...)...)
+			const clients = 40
+			fds := make([]int, clients)
+			locals := make([]netip.AddrPort, clients)
+			for i := range fds {
+				fds[i], locals[i] = dialNoWait(t, p.addr)
+			}
+			// Every client is either served (its server end has an fd) or shed (closed by the
+			// server: the client's end is in CLOSE_WAIT). The accept queue is empty.
+			var served, shed []int
+			labtest.WaitFor(t, 10*time.Second, "every client to be served or shed", func() (bool, string) {
+				served, shed = nil, nil
+				for i := range fds {
+					c, found, err := sockdiag.Find(locals[i], p.addr)
+					if err != nil || !found {
+						return false, fmt.Sprint("client ", i, " not found ", err)
+					}
+					switch {
+					case c.State == sockdiag.CloseWait:
+						shed = append(shed, i)
+					case c.State == sockdiag.Established:
+						s, found, _ := sockdiag.Find(p.addr, locals[i])
+						if !found || !s.HasFD() {
+							return false, fmt.Sprintf("client %d still waiting: %v", i, s)
+						}
+						served = append(served, i)
+					}
+				}
+				ls, _ := sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: p.addr, States: []sockdiag.State{sockdiag.Listen}})
+				queued := -1
+				if len(ls) == 1 {
+					queued = int(ls[0].RecvQ)
+				}
+				return len(served)+len(shed) == clients && queued == 0,
+					fmt.Sprintf("served %d, shed %d, accept queue %d", len(served), len(shed), queued)
+			})
+			assert.NotEmpty(t, served)
+			assert.NotEmpty(t, shed, "with 24 fds not every client fits")
+			labtest.WaitFor(t, 10*time.Second, "every server thread to sleep", func() (bool, string) {
+				return threadsAllSleeping(p.cmd.Process.Pid)
+			})
+			// The served clients really are served; a shed client reads EOF.
+			echoFD(t, fds[served[0]], "served")
+			n, err := unix.Read(fds[shed[0]], make([]byte, 8))
+			assert.NoError(t, err)
+			assert.Equal(t, 0, n, "a shed client reads EOF")
+			// Free the descriptors: a new client is served.
+			for _, i := range served {
+				labtest.CloseNow(t, fds[i])
+			}
+			labtest.WaitFor(t, 10*time.Second, "a new client to be served", func() (bool, string) {
+				// Not labtest.Dial: this loop may get the same fd number twice, and each
+				// attempt closes its own socket before the next.
+				fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+				if err != nil {
+					return false, err.Error()
+				}
+				defer unix.Close(fd)
+				if err := unix.Connect(fd, lab.SockaddrOf(p.addr)); err != nil {
+					return false, err.Error()
+				}
+				if _, err := unix.Write(fd, []byte("again")); err != nil {
+					return false, err.Error()
+				}
+				got, err := readFull(fd, 5, 2*time.Second)
+				return err == nil && string(got) == "again", fmt.Sprint(err)
+			})
+			assert.Equal(t, 0, p.stop(t, syscall.SIGTERM), p.output())
+			assert.Contains(t, p.output(), "shed ")
+		})
+	}
+}
+
+func echoFD(t *testing.T, fd int, msg string) {
+	t.Helper()
+	_, err := unix.Write(fd, []byte(msg))
+	require.NoError(t, err)
+	got, err := readFull(fd, len(msg), 5*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, msg, string(got))
+}
+
+// SIGINT and SIGTERM wake epoll_wait through the eventfd; the server closes every connection
+// (its clients read EOF, its listener leaves the kernel's table) and exits 0.
+func TestSignalShutsDownCleanly(t *testing.T) {
+	t.Parallel()
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			t.Parallel()
+			p := startServerProcess(t, "-workers", "2")
+			var fds []int
+			for range 3 {
+				fd, local := dialNoWait(t, p.addr)
+				labtest.WaitFor(t, 5*time.Second, "accept", func() (bool, string) {
+					s, found, _ := sockdiag.Find(p.addr, local)
+					return found && s.HasFD(), s.String()
+				})
+				echoFD(t, fd, "ping")
+				fds = append(fds, fd)
+			}
+			assert.Equal(t, 0, p.stop(t, sig), p.output())
+			for _, fd := range fds {
+				n, err := unix.Read(fd, make([]byte, 8))
+				assert.NoError(t, err)
+				assert.Equal(t, 0, n, "the server closed the connection: EOF")
+			}
+			ls, err := sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: p.addr, States: []sockdiag.State{sockdiag.Listen}})
+			require.NoError(t, err)
+			assert.Empty(t, ls, "the listener is closed")
+			assert.Contains(t, p.output(), "closed 3 open connection(s)")
+			assert.Contains(t, p.output(), "sockets still open at exit (from /proc/self/fd): 0")
+		})
+	}
+}
+
+func TestUsageErrorsExitTwo(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"server", "-workers", "-1"},
+		{"server", "-addr", "localhost:9000"},
+		{"server", "-chunk", "0"},
+		{"server", "-nofile", "3"},
+		{"server", "-work", "-1s"},
+		{"server", "stray"},
+		{"load", "-conns", "0"},
+		{"load", "-size", "0"},
+		{"load", "-duration", "0s"},
+		{"nosuchpart"},
+	} {
+		_, stderr, code := labtest.RunProgram(t, nil, args...)
+		assert.Equal(t, 2, code, "%v", args)
+		assert.Contains(t, stderr, "usage:", "%v", args)
+		assert.NotContains(t, stderr, "panic", "%v", args)
+	}
+}
+
+// A port in use is a one-line runtime error with a hint, exit 1.
+func TestAddressInUseExitsOneWithHint(t *testing.T) {
+	t.Parallel()
+	_, addr := labtest.Listen(t, labtest.Loopback4, 1)
+	_, stderr, code := labtest.RunProgram(t, nil, "server", "-addr", addr.String())
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "address already in use")
+	assert.Contains(t, stderr, "hint:")
+	assert.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "\n")+1, stderr)
+}
+
+// 10 000 concurrent connections, held within the fd limit: the kernel shows 10 000 server-side
+// sockets with descriptors, every one of them echoes, and all close cleanly. (The server runs in
+// its own process, so the two ends' 20 000 fds are split between two RLIMIT_NOFILE budgets.)
+func TestTenThousandConcurrentConnections(t *testing.T) {
+	t.Parallel()
+	const conns = 10000
+	var lim unix.Rlimit
+	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &lim))
+	if lim.Cur < conns+500 {
+		t.Skipf("RLIMIT_NOFILE is %d; this test needs %d (ulimit -n)", lim.Cur, conns+500)
+	}
+	p := startServerProcess(t, "-et")
+	fds := make([]int, 0, conns)
+	defer func() {
+		for _, fd := range fds {
+			// RST on close: 10 000 TIME_WAITs would linger for a minute otherwise.
+			_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			unix.Close(fd)
+		}
+	}()
+	sa := lab.SockaddrOf(p.addr)
+	for i := range conns {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		require.NoError(t, err, "socket %d", i)
+		fds = append(fds, fd)
+		require.NoError(t, connectRetry(fd, sa), "connect %d", i)
+	}
+	countServed := func() (bool, string) {
+		socks, err := sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: p.addr, States: []sockdiag.State{sockdiag.Established}})
+		if err != nil {
+			return false, err.Error()
+		}
+		withFD := 0
+		for _, s := range socks {
+			if s.HasFD() {
+				withFD++
+			}
+		}
+		return withFD == conns, fmt.Sprintf("%d server-side sockets with an fd", withFD)
+	}
+	labtest.WaitFor(t, 30*time.Second, "10 000 accepted connections", countServed)
+	for i, fd := range fds {
+		_, err := unix.Write(fd, []byte{byte(i)})
+		require.NoError(t, err)
+	}
+	for i, fd := range fds {
+		got, err := readFull(fd, 1, 10*time.Second)
+		require.NoError(t, err, "connection %d", i)
+		require.Equal(t, byte(i), got[0], "connection %d", i)
+	}
+	assert.Equal(t, 0, p.stop(t, syscall.SIGTERM), p.output())
+	assert.Contains(t, p.output(), fmt.Sprintf("closed %d open connection(s)", conns))
+}
+
+// holdsSocket reports whether some descriptor of this process is the socket with this inode.
+func holdsSocket(inode uint32) bool {
+	entries, _ := os.ReadDir("/proc/self/fd")
+	want := fmt.Sprintf("socket:[%d]", inode)
+	for _, e := range entries {
+		if target, _ := os.Readlink("/proc/self/fd/" + e.Name()); target == want {
+			return true
+		}
+	}
+	return false
+}
