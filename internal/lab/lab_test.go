@@ -6,7 +6,9 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -144,6 +146,13 @@ func TestWrap(t *testing.T) {
 func TestHints(t *testing.T) {
 	assert.Contains(t, lab.OneLine(fmt.Errorf("x: %w", unix.ECONNREFUSED)), "start the server role first")
 	assert.Equal(t, "plain", lab.OneLine(fmt.Errorf("plain")))
+	// A socket's EACCES is about privileged ports; a file's EACCES is about the file.
+	assert.Contains(t, lab.OneLine(fmt.Errorf("bind: %w", unix.EACCES)), "ports below 1024")
+	fileErr := &fs.PathError{Op: "open", Path: "/srv/data", Err: unix.EACCES}
+	assert.Contains(t, lab.OneLine(fileErr), "check the path and its permissions")
+	assert.NotContains(t, lab.OneLine(fileErr), "port")
+	_, err := os.Open("/nonexistent/socklab")
+	assert.Contains(t, lab.OneLine(err), "check the path")
 }
 
 // Block keeps a preformatted table as it is: no wrapping, no collapsed spaces, four-space indent.

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/netip"
 	"os"
 	"strconv"
@@ -263,6 +264,15 @@ func AddrPortOf(sa unix.Sockaddr) netip.AddrPort {
 
 // Hint returns advice for errors a student commonly meets, or "".
 func Hint(err error) string {
+	// A file's error (opening a transfer file, /proc) has nothing to do with ports: its errno
+	// means what open(2) says, so only the path hint applies.
+	var pathErr *fs.PathError
+	if errors.As(err, &pathErr) {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
+			return "check the path and its permissions"
+		}
+		return ""
+	}
 	switch {
 	case errors.Is(err, unix.EADDRINUSE):
 		return "a socket still holds this port (maybe in TIME_WAIT: ss -tan); see docs/04-reuseaddr.md"
