@@ -3,11 +3,15 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"socklab/internal/capture"
 	"socklab/internal/lab"
 	"socklab/internal/sockdiag"
 )
@@ -307,7 +311,7 @@ func fastOpen(n *lab.Narrator) ([]fastOpenFacts, error) {
 		if err != nil {
 			return err
 		}
-		for i, msg := range []string{"no cookie yet", "data in the SYN"} {
+		for i, msg := range []string{"no cookie yet", "SYN data"} {
 			var fo fastOpenFacts
 			before, _ := sockdiag.Counter("TcpExt", "TCPFastOpenPassive")
 			cfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -352,6 +356,17 @@ func fastOpen(n *lab.Narrator) ([]fastOpenFacts, error) {
 
 func runHandshake(d *lab.Demo) error {
 	n := d.Narrator
+	// The packet view first: the three segments themselves, then what the kernel does with
+	// them. Without it (-host, or no CAP_NET_RAW) the rest of the part still runs.
+	var noCapture *captureUnavailableError
+	if !d.Env.Private {
+		n.Skip("packet view", "packet capture needs the private namespace")
+	} else if _, err := wireHandshakes(n, 3); errors.As(err, &noCapture) {
+		n.Skip("packet view", noCapture.Error())
+	} else if err != nil {
+		return err
+	}
+
 	d.Step("SYN_RECV made visible: the client holds back its final ACK (TCP_QUICKACK=0)")
 	f, err := halfOpenHandshake(n, true, false, 0)
 	if err != nil {
@@ -386,9 +401,6 @@ func runHandshake(d *lab.Demo) error {
 			return err
 		}
 	}
-	d.Step("Sequence numbers on the wire")
-	n.Say("The segments themselves (SYN seq=x, SYN-ACK seq=y ack=x+1, ACK ack=y+1) are " +
-		"shown by packet capture, which arrives with the packet-view issue (internal/capture).")
 	return nil
 }
 
@@ -474,4 +486,200 @@ func sequenceNumbers(n *lab.Narrator, count int) ([]seqConnection, error) {
 		"from different, unpredictable ISNs (RFC 6528): old segments cannot be mistaken for " +
 		"new ones, and an off-path attacker cannot guess them.")
 	return out, nil
+}
+
+// ---------------------------------------------------------------------------------------
+// The handshake on the wire (packet capture)
+// ---------------------------------------------------------------------------------------
+
+// wireHandshake is one connection's handshake as a packet capture on lo recorded it.
+type wireHandshake struct {
+	Listener, Client netip.AddrPort
+	// Conv is every segment of this connection (matched on its full 4-tuple) recorded from
+	// before connect() until after accept(), with each side's ISN and the relative numbers.
+	Conv *capture.Conversation
+	// Notes are both ends' kernel states: before connect() (the client's TCP_INFO, the
+	// listener's sock_diag row) and once connect() had returned and the server's end was
+	// ESTABLISHED (capture.KernelStates).
+	Notes []capture.Note
+}
+
+// captureUnavailableError says why capture.Start failed, so that the demo can skip the packet
+// view in one line and go on.
+type captureUnavailableError struct{ err error }
+
+func (e *captureUnavailableError) Error() string {
+	if errors.Is(e.err, capture.ErrNotPrivate) {
+		return "packet capture needs the private namespace"
+	}
+	return e.err.Error()
+}
+
+func (e *captureUnavailableError) Unwrap() error { return e.err }
+
+// wireHandshakes listens on a fresh loopback port, starts a packet capture on that port, and
+// then makes count connections one after another, each connect() followed by accept(). It
+// returns what the capture recorded of each connection. The first is narrated segment by
+// segment with a sequence diagram; the others show that every connection starts from its own
+// initial sequence numbers (RFC 9293 section 3.4.1, RFC 6528).
+func wireHandshakes(n *lab.Narrator, count int) ([]wireHandshake, error) {
+	n.Step("The handshake on the wire: a packet capture on lo records each segment")
+	q, err := openListener(n, netip.AddrPortFrom(loopback4, 0), count)
+	if err != nil {
+		return nil, err
+	}
+	defer q.Close()
+	// Before the first connect(), so that the SYN is recorded.
+	c, err := capture.Start(q.Addr.Port())
+	if err != nil {
+		return nil, &captureUnavailableError{err}
+	}
+	defer c.Close()
+	n.Say("A packet socket (AF_PACKET, packet(7)) on lo now records every TCP segment to "+
+		"or from port %d, each once, as the kernel delivers it.", q.Addr.Port())
+
+	var out []wireHandshake
+	// The client fds stay open until every handshake is recorded: closing one would add its
+	// FIN exchange to the capture.
+	var clients []int
+	defer func() {
+		for _, fd := range clients {
+			unix.Close(fd)
+		}
+	}()
+	for i := range count {
+		if i == 1 {
+			n.Step("Every connection starts from its own initial sequence numbers (ISN)")
+		}
+		h, cfd, err := wireConnect(n, q, c)
+		if cfd >= 0 {
+			clients = append(clients, cfd)
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, h)
+		if i == 0 {
+			narrateHandshake(n, h)
+		}
+	}
+	if err := c.Close(); err != nil {
+		return out, err
+	}
+	if count > 1 {
+		narrateISNs(n, out)
+	}
+	return out, nil
+}
+
+// wireConnect is socket → connect → accept for one client of q, with both ends' kernel
+// states noted before and after, and returns the connection as c recorded it. The client's
+// fd is returned (or -1) for the caller to close.
+func wireConnect(n *lab.Narrator, q *queueLab, c *capture.Capture) (wireHandshake, int, error) {
+	h := wireHandshake{Listener: q.Addr}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err := n.Sys(fd, err, "socket(AF_INET, SOCK_STREAM, 0)"); err != nil {
+		return h, -1, err
+	}
+	clientState, err := sockdiag.StateOf(fd)
+	if err != nil {
+		return h, fd, err
+	}
+	listener, err := q.listener()
+	if err != nil {
+		return h, fd, err
+	}
+	before := time.Now()
+	h.Notes = []capture.Note{
+		{Time: before, Side: capture.Client, Text: clientState.String()},
+		{Time: before, Side: capture.Server, Text: listener.State.String()},
+	}
+	sa := lab.SockaddrOf(q.Addr)
+	if err := n.Sys(0, unix.Connect(fd, sa), "connect(%d, %s)", fd, lab.Sockaddr(sa)); err != nil {
+		return h, fd, err
+	}
+	local, err := unix.Getsockname(fd)
+	if err != nil {
+		return h, fd, err
+	}
+	h.Client = lab.AddrPortOf(local)
+	// connect() returns once the SYN-ACK has arrived; the third segment may still be on its
+	// way to the capture and to the server.
+	if _, err := c.WaitConversation(h.Client, q.Addr, shortWait, capture.AtLeast(3)); err != nil {
+		return h, fd, err
+	}
+	var server sockdiag.State
+	if !pollUntil(shortWait, func() bool {
+		_, server, err = findState(q.Addr, h.Client)
+		return server == sockdiag.Established
+	}) {
+		return h, fd, fmt.Errorf("server end %v → %v is %v, not ESTABLISHED, after the third segment",
+			q.Addr, h.Client, server)
+	}
+	states, err := capture.KernelStates(h.Client, q.Addr)
+	if err != nil {
+		return h, fd, err
+	}
+	h.Notes = append(h.Notes, states...)
+	if _, _, err := q.acceptOne(); err != nil {
+		return h, fd, err
+	}
+	// Everything recorded of this connection up to now: a retransmitted SYN, had there been
+	// one, would be here too.
+	h.Conv = c.Conversation(h.Client, q.Addr)
+	return h, fd, nil
+}
+
+// symbolic writes a sequence number as the lesson names it — x or y plus an offset — and its
+// value: "x+1=2839458173".
+func symbolic(name string, rel, abs uint32) string {
+	if rel == 0 {
+		return fmt.Sprintf("%s=%d", name, abs)
+	}
+	return fmt.Sprintf("%s+%d=%d", name, rel, abs)
+}
+
+// narrateHandshake prints one connection's segments with their absolute numbers named x (the
+// client's ISN) and y (the server's), then the sequence diagram, and with -v the same diagram
+// as Mermaid for the docs.
+func narrateHandshake(n *lab.Narrator, h wireHandshake) {
+	n.Say("What the capture recorded of %v → %v (x is the client's ISN, y the server's):",
+		h.Client, h.Listener)
+	for _, s := range h.Conv.Segments {
+		own, peer := "x", "y"
+		dir := "client → server"
+		if s.From == capture.Server {
+			own, peer, dir = "y", "x", "server → client"
+		}
+		line := fmt.Sprintf("%-7s %s  seq=%s", s.Flags, dir, symbolic(own, s.RelSeq, s.Seq))
+		if s.Flags&capture.ACK != 0 {
+			line += "  ack=" + symbolic(peer, s.RelAck, s.Ack)
+		}
+		n.Result("%s", line)
+	}
+	n.Block(h.Conv.ASCII(h.Notes...))
+	n.Say("The SYN carries the client's initial sequence number x. The SYN-ACK carries the " +
+		"server's own, y, and acknowledges x+1: a SYN consumes one sequence number, and ack " +
+		"is the next number expected. The final ACK acknowledges y+1. Relative numbers in the " +
+		"diagram count from each side's ISN, as Wireshark shows them. The states beside the " +
+		"arrows are the kernel's (TCP_INFO, sock_diag), read before connect() and after it " +
+		"returned.")
+	if n.Verbose() {
+		n.Say("The same diagram as a Mermaid sequenceDiagram (for docs/):")
+		n.Block(h.Conv.Mermaid(h.Notes...))
+	}
+}
+
+// narrateISNs prints every connection's two ISNs as a small table.
+func narrateISNs(n *lab.Narrator, hs []wireHandshake) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-15s %-15s %14s %14s\n", "client", "server", "client ISN x", "server ISN y")
+	for _, h := range hs {
+		fmt.Fprintf(&b, "%-15v %-15v %14d %14d\n", h.Client, h.Listener, h.Conv.ClientISN, h.Conv.ServerISN)
+	}
+	n.Block(b.String())
+	n.Say("Three connections to the same listener, one right after another: every SYN and " +
+		"every SYN-ACK starts from a different, unpredictable number. Linux derives the ISN " +
+		"from a keyed hash of the 4-tuple plus a clock (RFC 6528), so segments of an old " +
+		"connection are not taken for a new one's and an off-path attacker cannot guess them.")
 }
