@@ -278,7 +278,13 @@ type serverProc struct {
 // test's cleanup makes sure the child is gone.
 func serverProcess(t testing.TB, args ...string) *serverProc {
 	t.Helper()
-	cmd := labtest.ProgramCommand(append([]string{"server", "-addr", "127.0.0.1:0"}, args...)...)
+	return startServerCommand(t, labtest.ProgramCommand(append([]string{"server", "-addr", "127.0.0.1:0"}, args...)...))
+}
+
+// startServerCommand starts cmd, a server that prints "listening on ADDR" (possibly after
+// "-> "), and returns once it listens.
+func startServerCommand(t testing.TB, cmd *exec.Cmd) *serverProc {
+	t.Helper()
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	stderr := &lockedBuffer{}
@@ -291,7 +297,8 @@ func serverProcess(t testing.TB, args ...string) *serverProc {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			fmt.Fprintln(p.out, sc.Text())
-			if rest, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "listening on "); ok {
+			line := strings.TrimPrefix(strings.TrimSpace(sc.Text()), "-> ")
+			if rest, ok := strings.CutPrefix(line, "listening on "); ok {
 				lines <- strings.Fields(rest)[0]
 			}
 		}
