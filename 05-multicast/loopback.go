@@ -60,10 +60,16 @@ func (r round) Count(name string) int { return len(r.Got[name]) }
 // sendAndCollect sends one datagram from sender and gathers what every socket of the set
 // received, then prints a one-line summary.
 func sendAndCollect(n *lab.Narrator, title string, sender int, payload []byte, to netip.AddrPort, set *socketSet) (round, error) {
-	r := round{Title: title, Got: map[string][]datagram{}}
 	if err := sendDatagram(n, sender, payload, to); err != nil {
-		return r, err
+		return round{Title: title, Got: map[string][]datagram{}}, err
 	}
+	return gather(n, title, set)
+}
+
+// gather reads what every socket of the set received after a send, and prints a one-line
+// summary.
+func gather(n *lab.Narrator, title string, set *socketSet) (round, error) {
+	r := round{Title: title, Got: map[string][]datagram{}}
 	var fds []int
 	for _, name := range set.names {
 		fds = append(fds, set.fds[name])

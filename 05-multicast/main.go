@@ -18,7 +18,7 @@
 //	hosts      C. two hosts on a veth pair: TTL scoping and IP_MULTICAST_LOOP
 //	broadcast  D. broadcast: SO_BROADCAST, and which bound addresses receive it
 //	ipv6       E. IPv6 multicast (IPV6_JOIN_GROUP, ff12::/16) on the veth pair
-//	xnet       F. the system calls of golang.org/x/net/ipv4: interfaces by index
+//	xnet       F. the same join and send with golang.org/x/net/ipv4: interfaces by index
 //
 // Roles for two terminals, compatible with the course's C pair (testdata/mcast_*.c):
 // recv (-group, -port, -iface, -count) and send (-group, -port, -iface, -msg, -interval,

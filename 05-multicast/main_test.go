@@ -231,27 +231,24 @@ func TestIPv6MulticastOnVeth(t *testing.T) {
 	assert.Equal(t, rep.LinkA, rep.Sender.Addr().WithZone(""), "source: A's link-local address")
 }
 
-// F: the x/net/ipv4 way (MCAST_JOIN_GROUP and IP_MULTICAST_IF by index) joins and sends like
-// the classic one, but the source address differs: pinned by address the datagram carries
-// that address; pinned by index the kernel picks the interface's primary address, unless the
-// socket is bound.
+// F: the x/net/ipv4 way (ipv4.PacketConn: JoinGroup and SetMulticastInterface, both by
+// index) joins and sends like the classic one, and its setters reach the kernel (TTL 1, loop
+// off, no interface address stored), but the source address differs: pinned by address the
+// datagram carries that address; pinned by index the kernel picks the interface's primary
+// address, unless the socket is bound.
 func TestPinByIndexLetsKernelChooseSource(t *testing.T) {
 	t.Parallel()
 	h := twoHostsFor(t)
 	rep, err := stepXNet(lab.Quiet(), h, testLesson("239.5.0.6", 15009))
 	require.NoError(t, err)
-	assert.Equal(t, 1, rep.Users, "MCAST_JOIN_GROUP is a membership like any other")
+	assert.Equal(t, 1, rep.Users, "JoinGroup (MCAST_JOIN_GROUP) is a membership like any other")
+	assert.Equal(t, 1, rep.TTL, "getsockopt IP_MULTICAST_TTL after SetMulticastTTL(1)")
+	assert.Equal(t, 0, rep.Loop, "getsockopt IP_MULTICAST_LOOP after SetMulticastLoopback(false)")
+	assert.Equal(t, netip.IPv4Unspecified(), rep.IfaceAddr, "by index: no address stored")
 	require.True(t, rep.DeliveredBoth, "B received all three datagrams")
 	assert.Equal(t, rep.Secondary, rep.ByAddress.Addr(), "pinned by address: that address")
 	assert.Equal(t, rep.Primary, rep.ByIndex.Addr(), "pinned by index: the primary address")
 	assert.Equal(t, rep.Secondary, rep.BoundByIndex.Addr(), "bound: the bound address")
-}
-
-func TestGroupReqLayout(t *testing.T) {
-	b := groupReq(7, netip.MustParseAddr("224.0.0.100"))
-	assert.Len(t, b, 136)
-	assert.Equal(t, []byte{7, 0, 0, 0}, b[0:4])
-	assert.Equal(t, []byte{unix.AF_INET, 0, 0, 0, 224, 0, 0, 100}, b[8:16])
 }
 
 // On a link the kernel reports the interface's membership, not each socket's: host B sees one
