@@ -54,7 +54,7 @@ func serverRole(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *trace {
-		s.trace = n
+		s.trace, s.traceEINTR = n, true
 	}
 	// SIGINT/SIGTERM arrive on a Go channel; the goroutine that receives them writes the
 	// eventfd, which wakes epoll_wait on the loop's thread.

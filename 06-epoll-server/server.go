@@ -69,6 +69,9 @@ type Server struct {
 	cfg   ServerConfig
 	n     *lab.Narrator // setup and shutdown narration
 	trace *lab.Narrator // per-event narration (demo only; nil when serving for real)
+	// traceEINTR also narrates interrupted waits (server -trace only: in the demo they would
+	// make the transcript depend on when a signal happened to arrive).
+	traceEINTR bool
 
 	lfd, epfd, wakefd int
 	wakeMu            sync.Mutex  // guards wakefd between Wake and shutdown
@@ -245,7 +248,10 @@ func (s *Server) loop() error {
 		n, err := unix.EpollWait(s.epfd, events, -1)
 		if err == unix.EINTR {
 			// A signal interrupted the wait (Go's scheduler preempts threads with SIGURG);
-			// epoll_wait is never restarted automatically, whatever SA_RESTART says.
+			// epoll_wait is never restarted automatically, whatever SA_RESTART says (signal(7)).
+			if s.trace != nil && s.traceEINTR {
+				s.trace.Sys(-1, err, "epoll_wait(%d, ..., %d, -1)", s.epfd, len(events))
+			}
 			continue
 		}
 		if err != nil {

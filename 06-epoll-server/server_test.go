@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -477,6 +478,32 @@ func echoFD(t *testing.T, fd int, msg string) {
 	got, err := readFull(fd, len(msg), 5*time.Second)
 	require.NoError(t, err)
 	assert.Equal(t, msg, string(got))
+}
+
+// epoll_wait returns EINTR when a signal handler runs while it waits (signal(7): never
+// restarted, whatever SA_RESTART says); the loop retries and goes on serving.
+func TestEpollWaitRetriesAfterEINTR(t *testing.T) {
+	t.Parallel()
+	p := startServerProcess(t, "-trace")
+	fd, _ := dialNoWait(t, p.addr)
+	echoFD(t, fd, "1")
+	pid := p.cmd.Process.Pid
+	// SIGURG is harmless to a Go program (the runtime's preemption signal); aimed at every
+	// thread of the server, it interrupts the one waiting in epoll_wait.
+	labtest.WaitFor(t, 5*time.Second, "an epoll_wait interrupted with EINTR", func() (bool, string) {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, task := range tasks {
+			if tid, err := strconv.Atoi(task.Name()); err == nil {
+				unix.Tgkill(pid, tid, unix.SIGURG)
+			}
+		}
+		return strings.Contains(p.output(), "= -1 EINTR"), "no EINTR yet"
+	})
+	echoFD(t, fd, "2")
+	assert.Equal(t, 0, p.stop(t, syscall.SIGTERM), p.output())
 }
 
 // SIGINT and SIGTERM wake epoll_wait through the eventfd; the server closes every connection
