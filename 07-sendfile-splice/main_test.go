@@ -331,12 +331,56 @@ func TestMissingOrUnreadableFileExits1(t *testing.T) {
 		cases[secret] = "permission denied"
 	}
 	for path, want := range cases {
-		_, addr := labtest.Listen(t, labtest.Loopback4, 4) // connect completes without accept
+		lfd, addr := labtest.Listen(t, labtest.Loopback4, 4) // connect completes without accept
 		_, stderr, code := labtest.RunProgram(t, nil, "send", "-addr", addr.String(), "-file", path)
 		assert.Equal(t, 1, code, path)
 		assert.Contains(t, stderr, want, path)
 		assert.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "\n")+1, "one line: %q", stderr)
+		// The file is checked before connect: the kernel queued no connection on the listener.
+		pfd := []unix.PollFd{{Fd: int32(lfd), Events: unix.POLLIN}}
+		ready, err := unix.Poll(pfd, 0)
+		require.NoError(t, err)
+		assert.Zero(t, ready, "%s: the sender connected before finding the file unusable", path)
 	}
+}
+
+// A window past the end of the file (-offset, -length) is refused before connecting: exit 1,
+// one line, and the kernel queued no connection on the receiver's listener.
+func TestWindowOutsideFileExits1BeforeConnecting(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "small.bin")
+	require.NoError(t, os.WriteFile(path, make([]byte, 100), 0o644))
+	for _, args := range [][]string{{"-length", "101"}, {"-offset", "101"}, {"-offset", "50", "-length", "51"}} {
+		lfd, addr := labtest.Listen(t, labtest.Loopback4, 4)
+		_, stderr, code := labtest.RunProgram(t, nil, append([]string{"send", "-addr", addr.String(), "-file", path}, args...)...)
+		assert.Equal(t, 1, code, "%v", args)
+		assert.Contains(t, stderr, "is outside", "%v", args)
+		assert.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "\n")+1, "one line: %q", stderr)
+		pfd := []unix.PollFd{{Fd: int32(lfd), Events: unix.POLLIN}}
+		ready, err := unix.Poll(pfd, 0)
+		require.NoError(t, err)
+		assert.Zero(t, ready, "%v: the sender connected first", args)
+	}
+}
+
+// An -out that cannot be created fails recv at once (exit 1, one line), before it listens.
+func TestRecvUnwritableOutExits1(t *testing.T) {
+	t.Parallel()
+	out := filepath.Join(t.TempDir(), "no-such-dir", "got.bin")
+	cmd := labtest.ProgramCommand("recv", "-addr", "127.0.0.1:0", "-out", out)
+	var errb strings.Builder
+	cmd.Stderr = &errb
+	require.NoError(t, cmd.Start())
+	// Bounded: a recv that listened instead of failing would wait for a sender for ever.
+	kill := time.AfterFunc(10*time.Second, func() { cmd.Process.Kill() })
+	defer kill.Stop()
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "recv must fail")
+	stderr := errb.String()
+	assert.Equal(t, 1, ee.ExitCode(), "killed after 10 s means it listened: %q", stderr)
+	assert.Contains(t, stderr, "no such file or directory")
+	assert.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "\n")+1, "one line: %q", stderr)
 }
 
 // Usage errors exit 2 with one line and the usage.

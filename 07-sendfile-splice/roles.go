@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -47,6 +48,11 @@ func roleSend(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// A missing or unreadable file is reported before any connection is made, so the
+	// receiver in the other terminal is not left with an empty transfer.
+	if err := checkSendable(*path, *offset, *length); err != nil {
+		return err
+	}
 	n := lab.NewNarrator(stdout, false)
 	fd, err := unix.Socket(afOf(addr.Addr().Is4()), unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -73,6 +79,30 @@ func roleSend(args []string, stdout, stderr io.Writer) error {
 	}
 	closed = true // close(2) sends our FIN: the receiver's read returns 0
 	return n.Sys(0, unix.Close(fd), "close(%d)", fd)
+}
+
+// checkSendable opens path as Send will and checks it is a regular file holding the window
+// [offset, offset+length) (length -1: to the end).
+func checkSendable(path string, offset, length int64) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return openError(path, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("fstat %s: %w", path, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("%s is not a regular file (sendfile, splice and mmap need a file with a page cache)", path)
+	}
+	if length < 0 {
+		length = st.Size - offset
+	}
+	if length < 0 || offset+length > st.Size {
+		return fmt.Errorf("window %d+%d is outside %s, which has %d bytes (hint: check -offset and -length)", offset, length, path, st.Size)
+	}
+	return nil
 }
 
 func printSendSummary(n *lab.Narrator, r *SendReport) {
@@ -131,6 +161,18 @@ func roleRecv(args []string, stdout, stderr io.Writer) error {
 	addr, err := lab.ParseAddrPort("addr", *addrFlag)
 	if err != nil {
 		return err
+	}
+	// An -out that cannot be written is reported now, not after a sender has connected.
+	if *out != "" {
+		fd, err := unix.Open(*out, unix.O_WRONLY|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
+		if errors.Is(err, unix.EACCES) {
+			// Not wrapped: the shared hint for EACCES is about ports, not files.
+			return fmt.Errorf("open -out %s: permission denied (hint: choose an -out you can write)", *out)
+		}
+		if err != nil {
+			return fmt.Errorf("open -out %s: %w", *out, err)
+		}
+		unix.Close(fd)
 	}
 	n := lab.NewNarrator(stdout, false)
 	lfd, err := unix.Socket(afOf(addr.Addr().Is4()), unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
