@@ -5,12 +5,14 @@
 package docs_test
 
 import (
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -93,6 +95,76 @@ func TestEveryRelativeLinkResolves(t *testing.T) {
 			path := filepath.Join(filepath.Dir(file), target)
 			_, err := os.Stat(path)
 			assert.NoError(t, err, "%s links to %s, which does not exist", file, m[1])
+		}
+	}
+}
+
+// headingAnchors returns the anchors GitHub gives the headings of a markdown file: lower case,
+// punctuation dropped (letters of any script, digits, '-' and '_' kept), spaces turned into
+// '-', and "-1", "-2" ... appended to repeats. Headings inside fenced code blocks do not count.
+func headingAnchors(t *testing.T, file string) map[string]bool {
+	b, err := os.ReadFile(file)
+	require.NoError(t, err)
+	anchors := map[string]bool{}
+	seen := map[string]int{}
+	inFence := false
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "```") {
+			inFence = !inFence
+			continue
+		}
+		if inFence || !strings.HasPrefix(line, "#") {
+			continue
+		}
+		text := strings.TrimSpace(strings.TrimLeft(line, "#"))
+		text = mdLink.ReplaceAllString(text, "]") // [text](url) keeps only its text
+		var slug strings.Builder
+		for _, r := range strings.ToLower(text) {
+			switch {
+			case r == ' ':
+				slug.WriteRune('-')
+			case r == '-' || r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r):
+				slug.WriteRune(r)
+			}
+		}
+		s := slug.String()
+		if n := seen[s]; n > 0 {
+			anchors[fmt.Sprintf("%s-%d", s, n)] = true
+		} else {
+			anchors[s] = true
+		}
+		seen[s]++
+	}
+	return anchors
+}
+
+// A link to a section (file.md#anchor or #anchor) must name a heading that exists, so renaming a
+// section cannot silently break the glossary, the FAQ or the reading guide.
+func TestEveryLinkedSectionExists(t *testing.T) {
+	anchorsOf := map[string]map[string]bool{}
+	for _, file := range markdownFiles(t) {
+		b, err := os.ReadFile(file)
+		require.NoError(t, err)
+		for _, m := range mdLink.FindAllStringSubmatch(string(b), -1) {
+			target, anchor, found := strings.Cut(m[1], "#")
+			if !found || strings.Contains(target, "://") {
+				continue
+			}
+			path := file
+			if target != "" {
+				path = filepath.Join(filepath.Dir(file), target)
+			}
+			if !strings.HasSuffix(path, ".md") {
+				continue // anchors into code or other files are not headings
+			}
+			if anchorsOf[path] == nil {
+				if _, err := os.Stat(path); err != nil {
+					continue // TestEveryRelativeLinkResolves reports it
+				}
+				anchorsOf[path] = headingAnchors(t, path)
+			}
+			assert.True(t, anchorsOf[path][anchor], "%s links to %s, but %s has no heading with anchor #%s",
+				file, m[1], path, anchor)
 		}
 	}
 }
