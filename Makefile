@@ -63,11 +63,25 @@ bench: ## benchmarks (performance claims live here, never in tests)
 
 docs: ## regenerate the demo transcripts in docs/transcripts/ from the programs
 	@mkdir -p docs/transcripts
-	@for dir in $(CHAPTERS); do \
+# Each transcript goes to a temporary file beside it, renamed only when the demo exits 0, so a
+# failed or interrupted run never leaves a truncated transcript; a failure names the chapter.
+# docs/transcript_test.go (TestTranscriptsMatchPrograms) checks the programs still print them.
+	@tmp=; trap 'rm -f "$$tmp"' EXIT; trap 'exit 130' INT TERM; \
+	for dir in $(CHAPTERS); do \
 	  if [ -f "$$dir/main.go" ]; then \
 	    echo "transcript: $$dir"; \
-	    NO_COLOR=1 $(GO) run ./$$dir > docs/transcripts/$$dir.txt 2>&1 || exit 1; \
-	  fi; done
+	    tmp=$$(mktemp "docs/transcripts/.$$dir.txt.XXXXXX") || exit 1; \
+	    if NO_COLOR=1 $(GO) run ./$$dir > "$$tmp" 2>&1; then \
+	      chmod 644 "$$tmp" && mv -f "$$tmp" "docs/transcripts/$$dir.txt" || exit 1; \
+	    else \
+	      status=$$?; \
+	      echo "make docs: the $$dir demo failed (exit status $$status), so" \
+	        "docs/transcripts/$$dir.txt was left unchanged; its last lines:" >&2; \
+	      tail -n 20 "$$tmp" | sed 's/^/  | /' >&2; \
+	      exit 1; \
+	    fi; \
+	  fi; \
+	done
 
 check-host-sysctls: ## snapshot host net.* sysctls, run make test, prove nothing changed
 	.ci/host-sysctls-unchanged $(MAKE) test

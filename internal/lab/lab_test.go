@@ -141,6 +141,10 @@ func TestWrap(t *testing.T) {
 	got := lab.Wrap("aaa bbb ccc ddd", "  ", 9)
 	assert.Equal(t, "  aaa bbb\n  ccc ddd", got)
 	assert.Equal(t, "  one\n  two", lab.Wrap("one\ntwo", "  ", 80))
+	// Chinese terms take two columns a character, not three (their UTF-8 bytes) nor one.
+	assert.Equal(t, 10, lab.Columns("全连接队列"))
+	assert.Equal(t, "ab 全连接队列\ncd", lab.Wrap("ab 全连接队列 cd", "", 13))
+	assert.Equal(t, "ab\n全连接队列", lab.Wrap("ab 全连接队列", "", 12))
 }
 
 func TestHints(t *testing.T) {

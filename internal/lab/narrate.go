@@ -83,7 +83,7 @@ func (n *Narrator) Part(title string) {
 	n.part, n.step = title, 0
 	n.mu.Unlock()
 	line := "== " + title + " "
-	if pad := Width - len(line); pad > 0 {
+	if pad := Width - Columns(line); pad > 0 {
 		line += strings.Repeat("=", pad)
 	}
 	n.println("\n" + n.paint(bold, line))
@@ -212,18 +212,54 @@ func Sockaddr(sa unix.Sockaddr) string {
 func Wrap(text, indent string, width int) string {
 	var out []string
 	for _, para := range strings.Split(text, "\n") {
-		line := indent
+		line, cols := indent, Columns(indent)
 		for _, word := range strings.Fields(para) {
-			if len(line) > len(indent) && len(line)+1+len(word) > width {
+			w := Columns(word)
+			if line != indent && cols+1+w > width {
 				out = append(out, line)
-				line = indent
+				line, cols = indent, Columns(indent)
 			}
-			if len(line) > len(indent) {
+			if line != indent {
 				line += " "
+				cols++
 			}
 			line += word
+			cols += w
 		}
 		out = append(out, line)
 	}
 	return strings.Join(out, "\n")
+}
+
+// Columns is how many terminal columns s takes: one per character, two for the wide East Asian
+// characters the course's terms are written in (三次握手 takes 8), as terminals draw them
+// (Unicode UAX #11). Counting bytes instead would wrap a line with Chinese terms too early.
+func Columns(s string) int {
+	n := 0
+	for _, r := range s {
+		n++
+		if isWide(r) {
+			n++
+		}
+	}
+	return n
+}
+
+// isWide reports the East Asian Wide and Fullwidth ranges that occur in CJK text.
+func isWide(r rune) bool {
+	switch {
+	case r >= 0x1100 && r <= 0x115F, // Hangul Jamo
+		r >= 0x2E80 && r <= 0x303E, // CJK radicals, punctuation
+		r >= 0x3041 && r <= 0x33FF, // kana, CJK symbols
+		r >= 0x3400 && r <= 0x4DBF, // CJK extension A
+		r >= 0x4E00 && r <= 0x9FFF, // CJK unified ideographs
+		r >= 0xA000 && r <= 0xA4CF, // Yi
+		r >= 0xAC00 && r <= 0xD7A3, // Hangul syllables
+		r >= 0xF900 && r <= 0xFAFF, // CJK compatibility ideographs
+		r >= 0xFE30 && r <= 0xFE4F, // CJK compatibility forms
+		r >= 0xFF00 && r <= 0xFF60, // fullwidth forms
+		r >= 0xFFE0 && r <= 0xFFE6:
+		return true
+	}
+	return false
 }
