@@ -119,29 +119,34 @@ func (h *Host) Connect(localAddr, peerAddr netip.Prefix) (Link, error) {
 	if !Current().Private {
 		return Link{}, ErrNotPrivate
 	}
-	n := hostSeq.Add(1)
-	l := Link{
-		LocalIf: fmt.Sprintf("vlab%d", n), PeerIf: fmt.Sprintf("vpeer%d", n),
-		LocalAddr: localAddr, PeerAddr: peerAddr,
-	}
 	if _, err := exec.LookPath("ip"); err != nil {
 		return Link{}, errors.New("veth needs ip(8) from iproute2, which is not installed")
 	}
 	// The commands below run as child processes forked from a thread of the lab namespace;
-	// the peer end is moved into h's namespace by path.
-	steps := [][]string{
-		{"link", "add", l.LocalIf, "type", "veth", "peer", "name", l.PeerIf, "netns", h.NetnsPath()},
-		{"addr", "add", localAddr.String(), "dev", l.LocalIf},
-		{"link", "set", l.LocalIf, "up"},
-	}
-	for i, args := range steps {
-		if err := ip(args...); err != nil {
+	// the peer end is moved into h's namespace by path. Names are numbered per process, and
+	// another process in the same namespace (a test and the demo it runs) may hold a number
+	// already: then the next one is tried, so names stay short and readable (vlab1, vpeer1).
+	l := Link{LocalAddr: localAddr, PeerAddr: peerAddr}
+	for attempt := 0; ; attempt++ {
+		n := hostSeq.Add(1)
+		l.LocalIf, l.PeerIf = fmt.Sprintf("vlab%d", n), fmt.Sprintf("vpeer%d", n)
+		err := ip("link", "add", l.LocalIf, "type", "veth", "peer", "name", l.PeerIf, "netns", h.NetnsPath())
+		if err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "File exists") || attempt == 63 {
 			return Link{}, err
 		}
-		if i == 0 {
-			h.mu.Lock()
-			h.links = append(h.links, l.LocalIf)
-			h.mu.Unlock()
+	}
+	h.mu.Lock()
+	h.links = append(h.links, l.LocalIf)
+	h.mu.Unlock()
+	for _, args := range [][]string{
+		{"addr", "add", localAddr.String(), "dev", l.LocalIf},
+		{"link", "set", l.LocalIf, "up"},
+	} {
+		if err := ip(args...); err != nil {
+			return Link{}, err
 		}
 	}
 	err := h.Do(func() error {

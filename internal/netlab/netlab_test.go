@@ -230,3 +230,20 @@ func slicesWithout(env []string, drop string) []string {
 	}
 	return out
 }
+
+// Another process in the same namespace (a test and the demo it runs) numbers its links from 1
+// too: Connect skips a name that is taken instead of failing with "File exists".
+func TestConnectSkipsLinkNamesTakenByAnotherProcess(t *testing.T) {
+	needPrivate(t)
+	taken := fmt.Sprintf("vlab%d", hostSeq.Load()+1)
+	require.NoError(t, ip("link", "add", taken, "type", "veth", "peer", "name", "xtaken"))
+	defer func() { assert.NoError(t, ip("link", "del", taken)) }()
+
+	h, err := NewHost("peer")
+	require.NoError(t, err)
+	defer h.Close()
+	link, err := h.Connect(netip.MustParsePrefix("192.0.2.5/30"), netip.MustParsePrefix("192.0.2.6/30"))
+	require.NoError(t, err)
+	assert.NotEqual(t, taken, link.LocalIf)
+	assert.Regexp(t, `^vlab\d+$`, link.LocalIf)
+}
