@@ -38,6 +38,12 @@ const safetyTimeout = 5 * time.Second
 // bufSize > 0 sets SO_RCVBUF and SO_SNDBUF on both ends before the handshake, because the
 // window scale is fixed during the handshake (tcp(7)).
 func connect(d *lab.Demo, bufSize int) (c *conn, err error) {
+	return connectWatched(d, bufSize, nil)
+}
+
+// connectWatched is connect with a packet view: view.start runs after listen() and before
+// connect(), so the capture records the handshake too (a nil view records nothing).
+func connectWatched(d *lab.Demo, bufSize int, view *packetView) (c *conn, err error) {
 	c = &conn{client: -1, server: -1}
 	lfd := -1
 	defer func() {
@@ -90,6 +96,7 @@ func connect(d *lab.Demo, bufSize int) (c *conn, err error) {
 		return nil, fmt.Errorf("getsockname: %w", err)
 	}
 	c.serverAddr = lab.AddrPortOf(sa)
+	view.start(c.serverAddr.Port())
 
 	c.client, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err := sys(c.client, err, "socket(AF_INET, SOCK_STREAM|SOCK_CLOEXEC, 0)"); err != nil {

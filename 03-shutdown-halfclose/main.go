@@ -5,7 +5,9 @@
 // closing state in the kernel's own socket table: FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK,
 // CLOSING, TIME_WAIT and CLOSE, on the end where each appears. It also shows what close()
 // does that shutdown() does not, SHUT_RD, EPIPE and SIGPIPE, the abortive close with RST, who
-// gets TIME_WAIT, and tcp_fin_timeout.
+// gets TIME_WAIT, tcp_fin_timeout, and TCP keepalive finding a dead peer. In its private
+// namespace it also captures the segments of its closes and draws them as sequence diagrams:
+// FIN, ACK, FIN, ACK when the passive side waits; FIN, FIN+ACK, ACK when it closes at once.
 //
 // The lab holds both ends of each connection in one process, so after every system call it
 // can print the kernel's view (sock_diag, like ss -tan) of both ends. The roles `server` and
@@ -23,6 +25,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"socklab/internal/capture"
 	"socklab/internal/lab"
 	"socklab/internal/netlab"
 	"socklab/internal/sockdiag"
@@ -40,6 +43,7 @@ var program = lab.Program{
 		{Name: "abort", Title: "E. Abortive close: RST instead of FIN", Run: partAbort},
 		{Name: "timewait", Title: "F. Who gets TIME_WAIT: the end that closes first", Run: partWhoGetsTimeWait},
 		{Name: "fintimeout", Title: "G. tcp_fin_timeout: the orphaned FIN_WAIT2 timer", Run: partFinTimeout},
+		{Name: "keepalive", Title: "H. TCP keepalive: finding a dead peer", Run: partKeepalive},
 	},
 	Roles: []lab.Role{
 		{Name: "server", Summary: "echo server (or -sort: answer after the client's FIN) on -addr", Run: runServer},
@@ -749,10 +753,15 @@ func (c *conn) afterAbort(d *lab.Demo, r *Abort) (err error) {
 // F. Who gets TIME_WAIT
 
 func partWhoGetsTimeWait(d *lab.Demo) error {
-	if _, err := whoGetsTimeWait(d, true); err != nil {
+	view := newPacketView(d) // the same closes, as segments on the wire
+	defer view.stop()
+	if _, err := whoGetsTimeWait(d, view, true); err != nil {
 		return err
 	}
-	_, err := whoGetsTimeWait(d, false)
+	if _, err := whoGetsTimeWait(d, view, false); err != nil {
+		return err
+	}
+	_, err := promptPassiveClose(d, view)
 	return err
 }
 
@@ -760,21 +769,25 @@ func partWhoGetsTimeWait(d *lab.Demo) error {
 type WhoGetsTimeWait struct {
 	AfterFirstClose  Ends // the first closer in FIN_WAIT2, the other in CLOSE_WAIT
 	AfterSecondClose Ends // TIME_WAIT on the first closer only; the other end gone
+	// Wire is the connection as captured on loopback (nil without the packet view):
+	// handshake, then FIN, ACK, FIN, ACK, because the second closer waits.
+	Wire *capture.Conversation
 }
 
 // whoGetsTimeWait runs the same close twice, only the order differs: TIME_WAIT belongs to
 // the end that sent the first FIN (the active closer), whichever role it plays.
-func whoGetsTimeWait(d *lab.Demo, serverFirst bool) (r WhoGetsTimeWait, err error) {
+func whoGetsTimeWait(d *lab.Demo, view *packetView, serverFirst bool) (r WhoGetsTimeWait, err error) {
 	first, second := "client", "server"
 	if serverFirst {
 		first, second = "server", "client"
 	}
 	d.Step("the %s closes first, then the %s", first, second)
-	c, err := connect(d, 0)
+	c, err := connectWatched(d, 0, view)
 	if err != nil {
 		return r, err
 	}
 	defer c.closeAll()
+	view.note(c)
 	closeFirst, closeSecond := c.closeClient, c.closeServer
 	secondFD := c.server
 	want1 := [2]sockdiag.State{sockdiag.FinWait2, sockdiag.CloseWait}
@@ -788,7 +801,11 @@ func whoGetsTimeWait(d *lab.Demo, serverFirst bool) (r WhoGetsTimeWait, err erro
 	if err := closeFirst(d); err != nil {
 		return r, err
 	}
+	// FIN_WAIT2 means the first closer has the ACK of its FIN: the second closer's kernel
+	// acknowledged the FIN on its own, before the second close() below. On the wire that
+	// makes the close four segments, every time.
 	r.AfterFirstClose, err = c.awaitEnds(want1[0], want1[1])
+	view.note(c)
 	d.Kernel(c.filter())
 	if err != nil {
 		return r, err
@@ -802,14 +819,129 @@ func whoGetsTimeWait(d *lab.Demo, serverFirst bool) (r WhoGetsTimeWait, err erro
 		return r, err
 	}
 	r.AfterSecondClose, err = c.awaitEnds(want2[0], want2[1])
+	view.note(c)
 	d.Kernel(c.filter())
 	if err != nil {
 		return r, err
 	}
 	d.Say("TIME_WAIT is on the %s (local port %d), which closed first.", first,
 		map[bool]uint16{true: c.serverAddr.Port(), false: c.clientAddr.Port()}[serverFirst])
+	if r.Wire, err = view.closed(c); err != nil {
+		return r, err
+	}
+	if r.Wire != nil {
+		view.show(r.Wire)
+		d.Say("The close took %d segments: %s. The %s did not close at once, so its kernel "+
+			"acknowledged the FIN by itself (a delayed ACK) and its own FIN followed in a "+
+			"segment of its own. A FIN takes one sequence number: each ACK of a FIN "+
+			"acknowledges the FIN's seq + 1.",
+			len(closeSegments(r.Wire)), describeClose(closeSegments(r.Wire)), second)
+	}
 	return r, nil
 }
+
+// PromptClose is what the close in which the passive side closes at once showed.
+type PromptClose struct {
+	// ServerATO is tcpi_ato of the server before the FIN arrived: how long its kernel will
+	// delay an ACK (the delayed-ACK timeout, 40 ms once data has been received).
+	ServerATO time.Duration
+	ServerEOF int  // the server's read(): 0, the client's FIN
+	End       Ends // client TIME_WAIT, server gone
+	// Wire is the captured connection (nil without the packet view): after the handshake
+	// and the data, usually three segments, FIN, FIN+ACK, ACK.
+	Wire *capture.Conversation
+	// FINGap is the time between the client's FIN and the server's FIN on the wire, as the
+	// kernel stamped them (0 without the packet view).
+	FINGap time.Duration
+}
+
+// promptPassiveClose: the passive side closes as soon as read() returns 0. The ACK of the
+// client's FIN is delayed by the server's kernel (tcp_send_delayed_ack: it hopes to send it
+// with data), so when the server's FIN leaves within that delay it carries the ACK, and the
+// close takes three segments instead of four.
+func promptPassiveClose(d *lab.Demo, view *packetView) (r PromptClose, err error) {
+	d.Step("the client sends a last message and closes; the server closes at once")
+	c, err := connectWatched(d, 0, view)
+	if err != nil {
+		return r, err
+	}
+	defer c.closeAll()
+	view.note(c)
+	msg := []byte("bye")
+	n, err := unix.Write(c.client, msg)
+	if err := d.Sys(n, err, "write(%d, %q, %d)", c.client, msg, len(msg)); err != nil {
+		return r, err
+	}
+	buf := make([]byte, 64)
+	n, err = unix.Read(c.server, buf)
+	if err := d.Sys(n, err, "read(%d, %s, %d)", c.server, quoteRead(buf, n), len(buf)); err != nil {
+		return r, err
+	}
+	info, err := sockdiag.TCPInfo(c.server)
+	if err != nil {
+		return r, err
+	}
+	r.ServerATO = time.Duration(info.Ato) * time.Microsecond
+	d.Result("getsockopt(%d, TCP_INFO): tcpi_ato = %d", c.server, info.Ato)
+	d.Say("tcpi_ato is how long (µs) the server's kernel may delay an ACK, hoping to send "+
+		"it with data or a FIN: the delayed-ACK timeout (延迟确认), %.0f ms here.", ms(r.ServerATO))
+
+	// The three calls run back to back and are printed afterwards: the lesson is that the
+	// server's close() follows its read() of 0 at once.
+	clientFD, serverFD := c.client, c.server
+	closeErr := unix.Close(c.client)
+	c.client = -1
+	r.ServerEOF, err = unix.Read(c.server, buf) // blocks until the FIN is there
+	serverCloseErr := unix.Close(c.server)
+	c.server = -1
+	d.Sys(0, closeErr, "close(%d)", clientFD)
+	d.Sys(r.ServerEOF, err, "read(%d, \"\", %d)", serverFD, len(buf))
+	d.Sys(0, serverCloseErr, "close(%d)", serverFD)
+	if err := errors.Join(closeErr, err, serverCloseErr); err != nil {
+		return r, err
+	}
+	r.End, err = c.awaitEnds(sockdiag.TimeWait, Gone)
+	view.note(c)
+	d.Kernel(c.filter())
+	if err != nil {
+		return r, err
+	}
+	if r.Wire, err = view.closed(c); err != nil || r.Wire == nil {
+		return r, err
+	}
+	view.show(r.Wire)
+	segs := closeSegments(r.Wire)
+	r.FINGap = finGap(r.Wire)
+	if len(segs) == 3 {
+		d.Say("Three segments: %s. The server's FIN left %.3f ms after the client's FIN, "+
+			"before its kernel's delayed-ACK timer (%.0f ms) fired, so the ACK of the client's "+
+			"FIN rode on the server's FIN. That is why a close is sometimes three segments "+
+			"on the wire, not four.", describeClose(segs), ms(r.FINGap), ms(r.ServerATO))
+	} else {
+		d.Say("%d segments this time: %s. The server's FIN left %.3f ms after the client's "+
+			"FIN — later than its delayed-ACK timer (%.0f ms), so the ACK went alone. (This "+
+			"process was not scheduled in time; usually the close follows within "+
+			"microseconds and takes three segments.)", len(segs), describeClose(segs),
+			ms(r.FINGap), ms(r.ServerATO))
+	}
+	return r, nil
+}
+
+// finGap is the time from the client's FIN to the server's FIN on the wire.
+func finGap(conv *capture.Conversation) time.Duration {
+	var fin [2]time.Time
+	for _, s := range conv.Segments {
+		if s.Flags&capture.FIN != 0 && fin[s.From].IsZero() {
+			fin[s.From] = s.Time
+		}
+	}
+	if fin[capture.Client].IsZero() || fin[capture.Server].IsZero() {
+		return 0
+	}
+	return fin[capture.Server].Sub(fin[capture.Client])
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // ---------------------------------------------------------------------------------------
 // G. tcp_fin_timeout

@@ -289,7 +289,7 @@ func TestCloseWithUnreadDataSendsRST(t *testing.T) {
 
 func TestTimeWaitIsOnTheServerWhenItClosesFirst(t *testing.T) {
 	t.Parallel()
-	r, err := whoGetsTimeWait(quiet(), true)
+	r, err := whoGetsTimeWait(quiet(), nil, true)
 	require.NoError(t, err)
 	assertEnds(t, r.AfterFirstClose, sockdiag.CloseWait, sockdiag.FinWait2, "after the server's close()")
 	assertEnds(t, r.AfterSecondClose, Gone, sockdiag.TimeWait, "after both closed")
@@ -298,7 +298,7 @@ func TestTimeWaitIsOnTheServerWhenItClosesFirst(t *testing.T) {
 
 func TestTimeWaitIsOnTheClientWhenItClosesFirst(t *testing.T) {
 	t.Parallel()
-	r, err := whoGetsTimeWait(quiet(), false)
+	r, err := whoGetsTimeWait(quiet(), nil, false)
 	require.NoError(t, err)
 	assertEnds(t, r.AfterFirstClose, sockdiag.FinWait2, sockdiag.CloseWait, "after the client's close()")
 	assertEnds(t, r.AfterSecondClose, sockdiag.TimeWait, Gone, "after both closed")
