@@ -477,6 +477,7 @@ func normaliseWith(rules []chapterRule, text string) ([]string, error) {
 		}
 		return nil
 	}
+	lines = joinResults(lines)
 	if err := apply(true); err != nil {
 		return nil, err
 	}
@@ -503,6 +504,22 @@ func sortKernelTables(lines []string) []string {
 		i = j - 1
 	}
 	return lines
+}
+
+// joinResults puts a system call's result back behind its call: lab.Narrator.Sys prints the
+// result on a line of its own when call and result would pass 80 columns, and a longer port or
+// fd number can move it there. It runs before every other rule, because the call and its
+// result are one printed unit even where lines are compared as a set.
+func joinResults(lines []string) []string {
+	var out []string
+	for _, l := range lines {
+		if len(out) > 0 && strings.HasPrefix(l, "     ") && strings.HasPrefix(strings.TrimLeft(l, " "), "= ") {
+			out[len(out)-1] += " " + strings.TrimLeft(l, " ")
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
 }
 
 // unwrapProse joins consecutive narration lines (indented four spaces, lab.Say wraps them at
@@ -618,6 +635,12 @@ func TestTranscriptNormalisationKeepsWhatMatters(t *testing.T) {
 		{"EPIPE or ECONNRESET where the doc says either", "07-sendfile-splice",
 			"  write(5, buf, 3) = -1 EPIPE (Broken pipe)\n    write failed: broken pipe (the\n    receiver closed)\n",
 			"  write(5, buf, 3) = -1 ECONNRESET (Connection reset by peer)\n    write failed: connection reset by\n    peer (the receiver closed)\n", true, nil},
+		{"a result moved under its call", "01-x",
+			"  connect(7, {AF_INET, 127.0.0.1:4000}) = -1 EINPROGRESS (Operation now in progress)\n",
+			"  connect(7, {AF_INET, 127.0.0.1:40001})\n      = -1 EINPROGRESS (Operation now in progress)\n", true, nil},
+		{"another errno under its call", "01-x",
+			"  connect(7, {AF_INET, 127.0.0.1:40001})\n      = -1 EINPROGRESS (Operation now in progress)\n",
+			"  connect(7, {AF_INET, 127.0.0.1:40001})\n      = -1 ECONNREFUSED (Connection refused)\n", false, nil},
 		{"another system call", "06-x", "  accept4(6, ...) = 7\n", "  accept(6, ...) = 7\n", false, nil},
 		{"another address", "04-x", "  bind(6, {AF_INET, 127.0.0.1:0}) = 0\n", "  bind(6, {AF_INET, 0.0.0.0:0}) = 0\n", false, nil},
 		{"a step more", "02-x", "[1] connect\n  connect(3, ...) = 0\n", "[1] connect\n  connect(3, ...) = 0\n\n[2] close\n  close(3) = 0\n", false, nil},

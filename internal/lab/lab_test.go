@@ -39,6 +39,12 @@ func TestSysPrintsStraceStyle(t *testing.T) {
 	out.Reset()
 	n.Sys(3, nil, "socket(AF_INET, SOCK_STREAM, 0)")
 	assert.Equal(t, "  socket(AF_INET, SOCK_STREAM, 0) = 3\n", out.String())
+
+	// A call whose errno would pass the 80th column gets its result on the next line.
+	out.Reset()
+	n.Sys(0, unix.EINPROGRESS, "connect(18, {AF_INET, 127.0.0.1:40743})")
+	assert.Equal(t, "  connect(18, {AF_INET, 127.0.0.1:40743})\n"+
+		"      = -1 EINPROGRESS (Operation now in progress)\n", out.String())
 }
 
 func TestSockaddrFormats(t *testing.T) {

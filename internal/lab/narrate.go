@@ -118,7 +118,13 @@ func (n *Narrator) Detail(format string, args ...any) {
 // which prints `socket(AF_INET, SOCK_STREAM, 0) = 3`, or on failure
 // `connect(4, {AF_INET, 127.0.0.1:9}) = -1 ECONNREFUSED (Connection refused)`.
 func (n *Narrator) Sys(ret int, err error, format string, args ...any) error {
-	n.println("  " + n.paint(cyan, fmt.Sprintf(format, args...)+" = "+Ret(ret, err)))
+	call, result := "  "+fmt.Sprintf(format, args...), " = "+Ret(ret, err)
+	if Columns(call+result) > Width {
+		// An errno with its description rarely fits behind a long call: the result goes on a
+		// line of its own, under the call, rather than past the 80th column.
+		result = "\n      " + result[1:]
+	}
+	n.println(n.paint(cyan, call+result))
 	return err
 }
 
