@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"strings"
 	"testing"
-	"unicode"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -212,18 +211,6 @@ func TestISNsDifferOnTheWire(t *testing.T) {
 	assert.Len(t, servers, 3, "server ISNs: %v", servers)
 }
 
-// columns is how many terminal columns s takes: East Asian wide characters take two.
-func columns(s string) int {
-	n := 0
-	for _, r := range s {
-		n++
-		if unicode.Is(unicode.Han, r) || (r >= 0x3000 && r <= 0x30ff) || (r >= 0xff00 && r <= 0xff60) {
-			n++
-		}
-	}
-	return n
-}
-
 // The packet view — segment list, ASCII sequence diagram, ISN table and, with -v, the Mermaid
 // diagram — fits an 80-column terminal.
 func TestPacketViewFitsEightyColumns(t *testing.T) {
@@ -237,7 +224,7 @@ func TestPacketViewFitsEightyColumns(t *testing.T) {
 	require.Contains(t, out, "sequenceDiagram", "-v prints the Mermaid diagram")
 	require.Contains(t, out, "client ISN x", "the ISN table is printed")
 	for _, line := range strings.Split(out, "\n") {
-		assert.LessOrEqual(t, columns(line), 80, "%q", line)
+		assert.LessOrEqual(t, lab.Columns(line), 80, "%q", line)
 	}
 }
 
@@ -257,7 +244,7 @@ func TestPacketViewSkippedInOneLineOnHost(t *testing.T) {
 	require.Len(t, skips, 1, "one line about the packet view:\n%s", stdout)
 	i := skips[0]
 	assert.True(t, strings.HasPrefix(lines[i], "    skipped: packet view: "), "%q", lines[i])
-	assert.LessOrEqual(t, columns(lines[i]), 80)
+	assert.LessOrEqual(t, lab.Columns(lines[i]), 80)
 	assert.Empty(t, lines[i+1], "the reason fits on the same line")
 	assert.Contains(t, stdout, "SYN_RECV made visible", "the rest of the part ran")
 	assert.NotContains(t, stdout, "|-- SYN seq=0")

@@ -343,7 +343,7 @@ func TestDemoRunsEveryPart(t *testing.T) {
 	for _, line := range strings.Split(out, "\n") {
 		// Kernel tables ("    | ...") come from internal/lab and may be a little wider.
 		if !strings.HasPrefix(line, "    | ") {
-			assert.LessOrEqual(t, len([]rune(line)), 80, "fits 80 columns: %q", line)
+			assert.LessOrEqual(t, lab.Columns(line), 80, "fits 80 columns: %q", line)
 		}
 	}
 }

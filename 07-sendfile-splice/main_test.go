@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"socklab/internal/lab"
 	"socklab/internal/labtest"
 )
 
@@ -483,7 +484,7 @@ func TestDemoRunsEveryPart(t *testing.T) {
 	assert.NotContains(t, stdout, "FAILED")
 	assert.Equal(t, 6+12, strings.Count(stdout, "match"), "six methods in part A, twice six in part B")
 	for _, line := range strings.Split(stdout, "\n") {
-		assert.LessOrEqual(t, len([]rune(line)), 80, "%q", line)
+		assert.LessOrEqual(t, lab.Columns(line), 80, "%q", line)
 	}
 }
 

@@ -74,7 +74,7 @@ func TestNarrationIsPlainAndFits80Columns(t *testing.T) {
 	assert.Contains(t, s, "LISTEN")
 	assert.Contains(t, s, "[1] a step")
 	for _, line := range strings.Split(s, "\n") {
-		assert.LessOrEqual(t, len([]rune(line)), 80, "%q", line)
+		assert.LessOrEqual(t, lab.Columns(line), 80, "%q", line)
 	}
 }
 
