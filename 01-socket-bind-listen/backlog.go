@@ -3,8 +3,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -349,9 +351,13 @@ func runBacklog(d *lab.Demo) error {
 	n.Kernel(sockdiag.Tuple(q.Clients[wi].Addr, q.Addr))
 	n.Result("TCP_INFO(%d): %v, retransmits %d, backoff %d, rto %v",
 		q.Clients[wi].FD, sockdiag.State(r.Info.State), r.Info.Retransmits, r.Info.Backoff, time.Duration(r.Info.Rto)*time.Microsecond)
+	retries := sysctlOr("net.ipv4.tcp_syn_retries", "?")
+	if r, err := strconv.Atoi(retries); err == nil {
+		retries = fmt.Sprintf("%d, a budget of %v", r, synBudget(r))
+	}
 	n.Say("connect() would block all this time. The timer column shows when the next SYN "+
-		"goes out; after net.ipv4.tcp_syn_retries (here %s) unanswered SYNs connect() fails "+
-		"with ETIMEDOUT.", sysctlOr("net.ipv4.tcp_syn_retries", "?"))
+		"goes out; once the time allowed by net.ipv4.tcp_syn_retries (here %s) has passed, "+
+		"connect() fails with ETIMEDOUT (steps 8 and 9, in a namespace).", retries)
 
 	d.Step("accept() frees a slot: a waiting client gets in at its next retransmission")
 	var waiting []int
@@ -382,6 +388,19 @@ func runBacklog(d *lab.Demo) error {
 	if d.NeedPrivate("tcp_abort_on_overflow") {
 		for _, abort := range []bool{false, true} {
 			if _, err := overflowAtFinalACK(n, abort); err != nil {
+				return err
+			}
+		}
+	}
+	if d.NeedPrivate("tcp_syn_retries") {
+		// Without, then with, the linear timeouts this kernel uses by default.
+		for _, linear := range []int{0, 4} {
+			_, err := synRetriesGiveUp(n, 1, linear)
+			if errors.Is(err, errNoLinearTimeouts) {
+				n.Skip("tcp_syn_linear_timeouts=4", err.Error())
+				continue
+			}
+			if err != nil {
 				return err
 			}
 		}
@@ -438,4 +457,176 @@ func somaxconnCaps(n *lab.Narrator, somaxconn, backlog int) (queueView, error) {
 		return nil
 	})
 	return v, err
+}
+
+// synBudget is the time net.ipv4.tcp_syn_retries (or TCP_SYNCNT) allows a connect() on this
+// kernel, from its first SYN: the time `retries` retransmissions would take if the timeout,
+// 1 s at first (TCP_TIMEOUT_INIT), doubled each time up to TCP_RTO_MAX (120 s) —
+// tcp_model_timeout() in net/ipv4/tcp_timer.c. With 1 it is 1 + 2 = 3 s; with 6, 127 s.
+func synBudget(retries int) time.Duration {
+	const rtoInit, rtoMax = time.Second, 120 * time.Second
+	const doublings = 6 // ilog2(TCP_RTO_MAX / TCP_TIMEOUT_INIT)
+	budget := time.Duration((2<<min(retries, doublings))-1) * rtoInit
+	if retries > doublings {
+		budget += time.Duration(retries-doublings) * rtoMax
+	}
+	return budget
+}
+
+// synGiveUp is when this kernel retransmits SYNs that are never answered and when it makes
+// connect() give up, from the first SYN, as tcp_write_timeout() and tcp_retransmit_timer() in
+// net/ipv4/tcp_timer.c decide it. The timeout starts at 1 s; the first `linear`
+// (net.ipv4.tcp_syn_linear_timeouts) retransmissions keep it at 1 s, later ones double it.
+// When the timer fires the kernel gives up instead of retransmitting once synBudget(retries)
+// has passed, or once retries + linear SYNs were retransmitted. So tcp_syn_retries is a time
+// budget, and the number of retransmissions equals it only when linear is 0.
+func synGiveUp(retries, linear int) (retransmits []time.Duration, giveUp time.Duration) {
+	const rtoInit, rtoMax = time.Second, 120 * time.Second // TCP_TIMEOUT_INIT, TCP_RTO_MAX
+	budget := synBudget(retries)
+	rto, t := rtoInit, time.Duration(0)
+	for range retries + linear + 1 {
+		t += rto
+		if len(retransmits) >= retries+linear || t >= budget {
+			break
+		}
+		retransmits = append(retransmits, t)
+		if len(retransmits) > linear {
+			rto = min(2*rto, rtoMax)
+		}
+	}
+	return retransmits, t
+}
+
+// errNoLinearTimeouts says that this kernel has no net.ipv4.tcp_syn_linear_timeouts (it
+// appeared in Linux 6.x; before, SYN timeouts always doubled).
+var errNoLinearTimeouts = errors.New("this kernel has no net.ipv4.tcp_syn_linear_timeouts")
+
+// synRetriesFacts is what the kernel reported about a connect() whose SYNs were all dropped,
+// in a namespace where net.ipv4.tcp_syn_retries was Retries.
+type synRetriesFacts struct {
+	Retries, Linear    int
+	Listener, Client   netip.AddrPort
+	WaitingState       sockdiag.State  // sock_diag, right after connect()
+	Retransmitted      []time.Duration // when TCP_INFO's tcpi_total_retrans rose, from connect()
+	GaveUpAfter        time.Duration   // from connect() until TCP_INFO said CLOSE
+	Err                error           // SO_ERROR once it gave up
+	TotalRetrans       uint32          // TCP_INFO tcpi_total_retrans after giving up
+	SynRetrans         int64           // TcpExt TCPSynRetrans of the namespace, delta
+	ListedAfterGivenUp bool            // sock_diag still had the 4-tuple after the failure
+}
+
+// synRetriesGiveUp sets net.ipv4.tcp_syn_retries (and tcp_syn_linear_timeouts) in a fresh
+// namespace, fills a listen(fd, 0) queue so that the listener drops every further SYN, and
+// follows one more client from connect() until its kernel gives up.
+func synRetriesGiveUp(n *lab.Narrator, retries, linear int) (synRetriesFacts, error) {
+	f := synRetriesFacts{Retries: retries, Linear: linear}
+	n.Step("tcp_syn_retries=%d, tcp_syn_linear_timeouts=%d: connect() gives up", retries, linear)
+	err := inFreshHost(n, "synretries", func() error {
+		if _, err := netlab.Sysctl("net.ipv4.tcp_syn_linear_timeouts"); err != nil {
+			if linear != 0 {
+				return errNoLinearTimeouts
+			}
+			n.Say("(no tcp_syn_linear_timeouts on this kernel: SYN timeouts always double)")
+		} else if err := setSysctl(n, "net.ipv4.tcp_syn_linear_timeouts", fmt.Sprint(linear)); err != nil {
+			return err
+		}
+		if err := setSysctl(n, "net.ipv4.tcp_syn_retries", fmt.Sprint(retries)); err != nil {
+			return err
+		}
+		q, _, err := fillQueue(n, 0, 1, true)
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		f.Listener = q.Addr
+		n.Say("The accept queue of listen(fd, 0) is full with one connection: the listener's " +
+			"kernel now drops every SYN, so nothing ever answers the next client.")
+		before, err := sockdiag.Counter("TcpExt", "TCPSynRetrans")
+		if err != nil {
+			return err
+		}
+
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err := n.Sys(fd, err, "socket(AF_INET, SOCK_STREAM|SOCK_NONBLOCK, 0)"); err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		start := time.Now()
+		err = unix.Connect(fd, lab.SockaddrOf(q.Addr))
+		n.Sys(0, err, "connect(%d, %s)", fd, lab.Sockaddr(lab.SockaddrOf(q.Addr)))
+		if err != unix.EINPROGRESS {
+			return fmt.Errorf("connect: want EINPROGRESS, got %v", err)
+		}
+		sa, err := unix.Getsockname(fd)
+		if err != nil {
+			return err
+		}
+		f.Client = lab.AddrPortOf(sa)
+		if _, f.WaitingState, err = findState(f.Client, q.Addr); err != nil {
+			return err
+		}
+		n.Kernel(sockdiag.Tuple(f.Client, q.Addr))
+
+		// Watch the kernel until it gives up: every rise of tcpi_total_retrans is one more SYN.
+		var last string
+		closed := pollUntil(retransmitWait, func() bool {
+			info, err := sockdiag.TCPInfo(fd)
+			if err != nil {
+				return false
+			}
+			last = fmt.Sprintf("%v, %d retransmissions", sockdiag.State(info.State), info.Total_retrans)
+			for len(f.Retransmitted) < int(info.Total_retrans) {
+				f.Retransmitted = append(f.Retransmitted, time.Since(start))
+				n.Result("%4.1fs  SYN retransmitted (tcpi_total_retrans %d)", time.Since(start).Seconds(), info.Total_retrans)
+			}
+			return sockdiag.State(info.State) == sockdiag.Close
+		})
+		f.GaveUpAfter = time.Since(start)
+		if !closed {
+			return fmt.Errorf("client %v still trying after %v (kernel: %s)", f.Client, retransmitWait, last)
+		}
+		n.Result("%4.1fs  state CLOSE: the kernel gave up", f.GaveUpAfter.Seconds())
+
+		soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		if soErr != 0 {
+			f.Err = unix.Errno(soErr)
+		}
+		if err := n.Sys(0, err, "getsockopt(%d, SOL_SOCKET, SO_ERROR, [%s])", fd, unix.ErrnoName(unix.Errno(soErr))); err != nil {
+			return err
+		}
+		info, err := sockdiag.TCPInfo(fd)
+		if err != nil {
+			return err
+		}
+		f.TotalRetrans = info.Total_retrans
+		after, err := sockdiag.Counter("TcpExt", "TCPSynRetrans")
+		if err != nil {
+			return err
+		}
+		f.SynRetrans = after - before
+		n.Result("TCP_INFO(%d): %v, tcpi_total_retrans %d; TcpExt TCPSynRetrans +%d",
+			fd, sockdiag.State(info.State), f.TotalRetrans, f.SynRetrans)
+		_, found, err := sockdiag.Find(f.Client, q.Addr)
+		if err != nil {
+			return err
+		}
+		f.ListedAfterGivenUp = found
+		n.Kernel(sockdiag.Tuple(f.Client, q.Addr))
+		model, _ := synGiveUp(retries, linear)
+		budget := synBudget(retries).Seconds()
+		n.Say("ETIMEDOUT after the first SYN and %d retransmission(s); the socket has left "+
+			"the kernel's table (the fd stays until close()). tcp_syn_retries=%d is a time "+
+			"budget, %.0f s from the first SYN: what %d retransmission(s) take when the "+
+			"timeout doubles from 1 s. TCP_SYNCNT sets it for one socket (part E).",
+			f.TotalRetrans, retries, budget, retries)
+		if linear == 0 {
+			n.Say("With tcp_syn_linear_timeouts=0 the timeout doubles from the start, so "+
+				"the budget holds exactly %d retransmission(s).", len(model))
+		} else {
+			n.Say("With tcp_syn_linear_timeouts=%d the first %d timeouts stay at 1 s, so "+
+				"%d retransmissions fit into the same %.0f s.", linear, linear, len(model), budget)
+		}
+		return nil
+	})
+	return f, err
 }

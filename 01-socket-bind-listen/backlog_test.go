@@ -3,7 +3,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -165,4 +167,48 @@ func TestNoAbortOnOverflowKeepsServerInSynRecv(t *testing.T) {
 	assert.Equal(t, sockdiag.Established, f.ClientState)
 	assert.Equal(t, sockdiag.SynRecv, f.ServerState)
 	assert.GreaterOrEqual(t, f.Overflows, int64(1))
+}
+
+// In a private namespace: net.ipv4.tcp_syn_retries=1 makes a connect() whose SYNs are all
+// dropped fail with ETIMEDOUT once its 3 s budget (1 s + 2 s) has passed. The kernel counts the
+// retransmissions (TCP_INFO, and TcpExt TCPSynRetrans of a namespace no other test uses) and
+// drops the socket from its table. Without linear timeouts that is exactly one
+// retransmission; with tcp_syn_linear_timeouts=4 (this kernel's default) the timeout stays at
+// 1 s, and two fit into the same budget: the sysctl bounds time, not the count.
+func TestSynRetriesSysctlBoundsConnectAttempts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for connect() to time out (about 3 s)")
+	}
+	t.Parallel()
+	labtest.NeedPrivate(t)
+	// Both cases wait at the same time, each in a namespace of its own, so that the test
+	// holds one of go test's parallel slots for 3 s, not two.
+	linears := []int{0, 4}
+	facts := make([]synRetriesFacts, len(linears))
+	errs := make([]error, len(linears))
+	var wg sync.WaitGroup
+	for i, linear := range linears {
+		n := narrator(t)
+		wg.Go(func() { facts[i], errs[i] = synRetriesGiveUp(n, 1, linear) })
+	}
+	wg.Wait()
+	for i, linear := range linears {
+		t.Run(fmt.Sprintf("linear_timeouts=%d", linear), func(t *testing.T) {
+			f, err := facts[i], errs[i]
+			if errors.Is(err, errNoLinearTimeouts) {
+				t.Skip(err.Error())
+			}
+			require.NoError(t, err)
+			retransmits, giveUp := synGiveUp(1, linear)
+			require.Len(t, retransmits, 1+min(linear, 1), "the kernel's rule, tcp_timer.c")
+			assert.Equal(t, sockdiag.SynSent, f.WaitingState, "sock_diag right after connect()")
+			assert.ErrorIs(t, f.Err, unix.ETIMEDOUT, "SO_ERROR")
+			assert.EqualValues(t, len(retransmits), f.TotalRetrans, "tcpi_total_retrans")
+			assert.EqualValues(t, len(retransmits), f.SynRetrans, "TcpExt TCPSynRetrans of the namespace")
+			assert.False(t, f.ListedAfterGivenUp, "the socket left the kernel's table")
+			assert.GreaterOrEqual(t, f.GaveUpAfter, giveUp-200*time.Millisecond, "not before the budget")
+			assert.Less(t, f.GaveUpAfter, giveUp+3*time.Second)
+			t.Logf("%d retransmissions at %v, ETIMEDOUT after %v", f.TotalRetrans, f.Retransmitted, f.GaveUpAfter)
+		})
+	}
 }

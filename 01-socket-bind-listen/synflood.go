@@ -319,6 +319,103 @@ func runSynFlood(d *lab.Demo) error {
 	if _, err := synFlood(n, "1", 64, false); err != nil {
 		return err
 	}
-	_, _, err := halfOpenLifetime(n, "1", 16)
+	if _, _, err := halfOpenLifetime(n, "1", 16); err != nil {
+		return err
+	}
+	if _, err := maxSynBacklogFlood(n, 16, 200, true); err != nil {
+		return err
+	}
+	_, err := maxSynBacklogFlood(n, 1024, 200, false)
 	return err
+}
+
+// synBacklogListen is the listen() backlog of the tcp_max_syn_backlog experiment: large, so
+// that the sysctl, not the backlog, is the first limit a flood meets.
+const synBacklogListen = 128
+
+// halfOpenLimit is the most half-open (SYN_RECV) requests a listener keeps when SYN cookies are
+// off, from tcp_conn_request() in net/ipv4/tcp_input.c. A SYN is dropped when the SYN queue
+// already holds more than the backlog (inet_csk_reqsk_queue_is_full, counted as
+// TCPReqQFullDrop), or — for peers the kernel has never completed a connection with — when
+// fewer than a quarter of tcp_max_syn_backlog remains: max - qlen < max>>2. A request is
+// therefore added while qlen <= max - max>>2, and the queue stops at one more than that.
+func halfOpenLimit(maxSynBacklog, backlog int) int {
+	return min(backlog+1, maxSynBacklog-maxSynBacklog>>2+1)
+}
+
+// synBacklogFacts is what the kernel kept of a SYN flood at one net.ipv4.tcp_max_syn_backlog.
+type synBacklogFacts struct {
+	MaxSynBacklog, Backlog, Sent int
+	HalfOpen                     int   // SYN_RECV requests of the listener
+	ListenDrops                  int64 // TcpExt ListenDrops: every SYN a listener dropped
+	QueueFullDrops               int64 // TcpExt TCPReqQFullDrop: dropped as the SYN queue was full
+	Overflows                    int64 // TcpExt ListenOverflows: dropped as the accept queue was full
+}
+
+// maxSynBacklogFlood floods a listen(fd, 128) listener with count forged SYNs in a fresh
+// namespace where tcp_syncookies=0 and tcp_max_syn_backlog=maxSynBacklog, and counts what the
+// kernel kept and what it dropped.
+func maxSynBacklogFlood(n *lab.Narrator, maxSynBacklog, count int, table bool) (synBacklogFacts, error) {
+	f := synBacklogFacts{MaxSynBacklog: maxSynBacklog, Backlog: synBacklogListen}
+	n.Step("tcp_max_syn_backlog=%d, no cookies: %d forged SYNs to listen(fd, %d)",
+		maxSynBacklog, count, synBacklogListen)
+	err := inFreshHost(n, "synbacklog", func() error {
+		for _, kv := range [][2]string{
+			{"net.ipv4.tcp_syncookies", "0"},
+			{"net.ipv4.tcp_max_syn_backlog", fmt.Sprint(maxSynBacklog)},
+		} {
+			if err := setSysctl(n, kv[0], kv[1]); err != nil {
+				return err
+			}
+		}
+		if err := floodNetwork(n); err != nil {
+			return err
+		}
+		q, err := openListener(n, netip.AddrPortFrom(floodServer, 0), synBacklogListen)
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		names := []string{"ListenDrops", "TCPReqQFullDrop", "ListenOverflows"}
+		before := counters(names...)
+		if f.Sent, err = sendFlood(n, q.Addr, count); err != nil {
+			return err
+		}
+		// Every forged SYN ends up either as a half-open request or as a drop the kernel
+		// counted (tcp_listendrop counts each drop on this path as ListenDrops).
+		var last string
+		if !pollUntil(shortWait, func() bool {
+			now := counters(names...)
+			f.HalfOpen, _ = halfOpenCount(q.Addr)
+			f.ListenDrops = now["ListenDrops"] - before["ListenDrops"]
+			f.QueueFullDrops = now["TCPReqQFullDrop"] - before["TCPReqQFullDrop"]
+			f.Overflows = now["ListenOverflows"] - before["ListenOverflows"]
+			last = fmt.Sprintf("%d half-open, %d dropped", f.HalfOpen, f.ListenDrops)
+			return int64(f.HalfOpen)+f.ListenDrops >= int64(f.Sent)
+		}) {
+			return fmt.Errorf("the flood was not fully accounted for within %v: %s", shortWait, last)
+		}
+		n.Result("%d half-open (SYN_RECV), %d dropped", f.HalfOpen, f.ListenDrops)
+		n.Result("TcpExt ListenDrops +%d, TCPReqQFullDrop +%d, ListenOverflows +%d",
+			f.ListenDrops, f.QueueFullDrops, f.Overflows)
+		if table {
+			n.Kernel(sockdiag.Filter{Port: q.Addr.Port()})
+		}
+		limit := halfOpenLimit(maxSynBacklog, synBacklogListen)
+		if limit <= synBacklogListen {
+			n.Say("The SYN queue stopped at %d, far below the backlog's %d: without cookies "+
+				"the kernel keeps the last quarter of tcp_max_syn_backlog for peers it has "+
+				"completed a connection with before. It adds a request while the queue "+
+				"holds at most %d - %d/4 = %d, so it stops at %d; the other SYNs are "+
+				"dropped and counted only as ListenDrops.",
+				f.HalfOpen, synBacklogListen+1, maxSynBacklog, maxSynBacklog,
+				maxSynBacklog-maxSynBacklog>>2, limit)
+		} else {
+			n.Say("Now the backlog is the limit: %d half-open requests (backlog+1); "+
+				"three quarters of tcp_max_syn_backlog would be %d. The rest found the "+
+				"SYN queue full (TCPReqQFullDrop).", f.HalfOpen, maxSynBacklog-maxSynBacklog>>2)
+		}
+		return nil
+	})
+	return f, err
 }

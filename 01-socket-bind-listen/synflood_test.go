@@ -4,7 +4,9 @@ package main
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -73,4 +75,40 @@ func TestSynackRetriesBoundHalfOpenLifetime(t *testing.T) {
 	assert.Equal(t, 16, initial)
 	assert.Greater(t, lived, 2*time.Second, "they lived through one retransmission")
 	assert.Less(t, lived, 10*time.Second)
+}
+
+// In a private namespace with tcp_syncookies=0: tcp_max_syn_backlog, not only the listen
+// backlog, bounds the SYN queue. tcp_conn_request() drops a SYN from a never-proven peer once
+// fewer than a quarter of tcp_max_syn_backlog slots remain, so a flood leaves
+// max - max/4 + 1 half-open requests (13 for 16) although listen(fd, 128) would hold 129; the
+// drops show as ListenDrops only, not as TCPReqQFullDrop. With a large tcp_max_syn_backlog the
+// backlog is the limit again and the overflow is counted as TCPReqQFullDrop.
+func TestMaxSynBacklogCapsHalfOpenQueueWithoutCookies(t *testing.T) {
+	t.Parallel()
+	labtest.NeedPrivate(t)
+	const flood = 200
+	for _, maxSynBacklog := range []int{16, 64, 1024} {
+		t.Run(fmt.Sprintf("max_syn_backlog=%d", maxSynBacklog), func(t *testing.T) {
+			t.Parallel()
+			f, err := maxSynBacklogFlood(narrator(t), maxSynBacklog, flood, false)
+			require.NoError(t, err)
+			limit := halfOpenLimit(maxSynBacklog, synBacklogListen)
+			require.Equal(t, flood, f.Sent)
+			// SYNs reach a listener without its lock, possibly on every CPU at once, so
+			// each CPU but one may pass the check before another's request is counted.
+			assert.GreaterOrEqual(t, f.HalfOpen, limit, "SYN_RECV requests")
+			assert.LessOrEqual(t, f.HalfOpen, limit+runtime.NumCPU()-1, "SYN_RECV requests")
+			assert.EqualValues(t, flood-f.HalfOpen, f.ListenDrops, "every other SYN dropped")
+			assert.Zero(t, f.Overflows, "the accept queue played no part")
+			t.Logf("%d half-open (rule: %d), ListenDrops +%d, TCPReqQFullDrop +%d",
+				f.HalfOpen, limit, f.ListenDrops, f.QueueFullDrops)
+			if limit < synBacklogListen+1 {
+				assert.Less(t, f.HalfOpen, synBacklogListen+1, "fewer than the backlog allows")
+				assert.Zero(t, f.QueueFullDrops, "the SYN queue was never full")
+			} else {
+				assert.Equal(t, synBacklogListen+1, f.HalfOpen, "the backlog is the limit")
+				assert.EqualValues(t, flood-f.HalfOpen, f.QueueFullDrops, "dropped as the SYN queue was full")
+			}
+		})
+	}
 }
