@@ -77,6 +77,12 @@ const terminalWidth = 80
 // up to "-->" is the reason and must not be empty.
 const exemptMarker = "<!-- not from a transcript:"
 
+// anyOrderMarker, in the same place, says the block quotes one run of a part whose lines come in
+// a different order each run (06's worker pool; TestTranscriptsMatchPrograms compares that part
+// as a set). Such a block is checked line by line: each of its lines, normalised, must be a line
+// of the transcript, in any order. Text after the marker up to "-->" is the reason.
+const anyOrderMarker = "<!-- one run, order varies:"
+
 // codeBlock is one fenced block of a markdown file.
 type codeBlock struct {
 	file   string
@@ -84,6 +90,8 @@ type codeBlock struct {
 	info   string
 	lines  []string
 	exempt string // reason given by exemptMarker, or ""
+	// anyOrder is the reason given by anyOrderMarker, or "".
+	anyOrder string
 }
 
 var fence = regexp.MustCompile("^(```+|~~~+)\\s*(\\S*)")
@@ -117,6 +125,12 @@ func fencedBlocks(file string) (blocks []codeBlock, indentedOutput []int, err er
 			blk.exempt = strings.TrimSpace(strings.TrimSuffix(reason, "-->"))
 			if blk.exempt == "" {
 				return nil, nil, fmt.Errorf("%s:%d: %q without a reason", file, i+1, exemptMarker)
+			}
+		}
+		if reason, ok := strings.CutPrefix(strings.TrimSpace(lastText), anyOrderMarker); ok {
+			blk.anyOrder = strings.TrimSpace(strings.TrimSuffix(reason, "-->"))
+			if blk.anyOrder == "" {
+				return nil, nil, fmt.Errorf("%s:%d: %q without a reason", file, i+1, anyOrderMarker)
 			}
 		}
 		j := i + 1
@@ -363,6 +377,12 @@ func TestQuotedOutputComesFromTranscripts(t *testing.T) {
 				continue
 			}
 			checked++
+			if b.anyOrder != "" {
+				if err := checkQuoteAnyOrder(b, candidates, transcripts); err != nil {
+					t.Error(err)
+				}
+				continue
+			}
 			if err := checkQuote(b, candidates, transcripts); err != nil {
 				t.Error(err)
 			}
@@ -423,6 +443,39 @@ func checkQuote(b codeBlock, candidates []string, transcripts *transcriptSet) er
 		b.file, b.line, transcriptDir, bestChapter, bestLine, transcriptDir, bestChapter)
 }
 
+// checkQuoteAnyOrder checks a block marked with anyOrderMarker: every line of it (elisions
+// aside), normalised line by line, is a line of one candidate transcript, normalised the same
+// way. Prose is not joined here, because the interleaving that reorders the lines also decides
+// which narration lines stand next to each other.
+func checkQuoteAnyOrder(b codeBlock, candidates []string, transcripts *transcriptSet) error {
+	lineSet := func(text []string) map[string]bool {
+		set := map[string]bool{}
+		for _, l := range joinResults(text) {
+			set[strings.TrimSpace(normaliseLine(l))] = true
+		}
+		return set
+	}
+	missing := ""
+	for _, chapter := range candidates {
+		have := lineSet(strings.Split(transcripts.raw[chapter], "\n"))
+		missing = ""
+		for _, l := range joinResults(b.lines) {
+			if elision(l) || strings.TrimSpace(l) == "" {
+				continue
+			}
+			if !have[strings.TrimSpace(normaliseLine(l))] {
+				missing = strings.TrimSpace(l)
+				break
+			}
+		}
+		if missing == "" {
+			return nil
+		}
+	}
+	return fmt.Errorf("docs/%s:%d: this quote (%s) has a line no transcript prints any more: %q.\n"+
+		"Re-copy the block from docs/%s/", b.file, b.line, anyOrderMarker, missing, transcriptDir)
+}
+
 // TestQuoteCheckCatchesDrift shows what TestQuotedOutputComesFromTranscripts forgives in a
 // quote (another run's numbers, cuts, prose wrapped anew) and what it catches.
 func TestQuoteCheckCatchesDrift(t *testing.T) {
@@ -474,6 +527,21 @@ func TestQuoteCheckCatchesDrift(t *testing.T) {
 		}
 		if err != nil && !(strings.Contains(err.Error(), "docs/x.md:10:") && strings.Contains(err.Error(), "docs/transcripts/")) {
 			t.Errorf("%s: the message names neither the block nor the transcript to copy from: %v", c.name, err)
+		}
+	}
+
+	// A block marked "one run, order varies" may list the lines in another order, but each
+	// must still be a line the program prints.
+	for _, c := range []struct {
+		name, quote string
+		ok          bool
+	}{
+		{"lines in another order", "  close(12) = 0\n  socket(AF_INET, SOCK_STREAM, 0) = 12", true},
+		{"a line the program does not print", "  close(12) = 0\n  shutdown(12, SHUT_WR) = 0", false},
+	} {
+		b := codeBlock{file: "x.md", line: 10, lines: strings.Split(c.quote, "\n"), anyOrder: "test"}
+		if err := checkQuoteAnyOrder(b, []string{"99-x"}, set); (err == nil) != c.ok {
+			t.Errorf("any order, %s: error %v, want ok = %v", c.name, err, c.ok)
 		}
 	}
 }

@@ -462,7 +462,7 @@ func normalise(chapter, text string) ([]string, error) {
 
 func normaliseWith(rules []chapterRule, text string) ([]string, error) {
 	var lines []string
-	for _, l := range strings.Split(strings.TrimRight(text, "\n"), "\n") {
+	for _, l := range joinResults(strings.Split(strings.TrimRight(text, "\n"), "\n")) {
 		lines = append(lines, normaliseLine(l))
 	}
 	apply := func(physical bool) error {
@@ -477,7 +477,6 @@ func normaliseWith(rules []chapterRule, text string) ([]string, error) {
 		}
 		return nil
 	}
-	lines = joinResults(lines)
 	if err := apply(true); err != nil {
 		return nil, err
 	}
@@ -510,11 +509,18 @@ func sortKernelTables(lines []string) []string {
 // result on a line of its own when call and result would pass 80 columns, and a longer port or
 // fd number can move it there. It runs before every other rule, because the call and its
 // result are one printed unit even where lines are compared as a set.
+//
+// sockdiag.WriteTable does the same with a table row that would pass 80 columns: its timer goes
+// on the next row, under the Local column ("  |" and then only spaces before it).
 func joinResults(lines []string) []string {
 	var out []string
 	for _, l := range lines {
 		if len(out) > 0 && strings.HasPrefix(l, "     ") && strings.HasPrefix(strings.TrimLeft(l, " "), "= ") {
 			out[len(out)-1] += " " + strings.TrimLeft(l, " ")
+			continue
+		}
+		if len(out) > 0 && strings.HasPrefix(l, "  |          ") && strings.HasPrefix(out[len(out)-1], "  | ") {
+			out[len(out)-1] += " " + strings.TrimLeft(l[3:], " ")
 			continue
 		}
 		out = append(out, l)
@@ -641,6 +647,9 @@ func TestTranscriptNormalisationKeepsWhatMatters(t *testing.T) {
 		{"another errno under its call", "01-x",
 			"  connect(7, {AF_INET, 127.0.0.1:40001})\n      = -1 EINPROGRESS (Operation now in progress)\n",
 			"  connect(7, {AF_INET, 127.0.0.1:40001})\n      = -1 ECONNREFUSED (Connection refused)\n", false, nil},
+		{"a wide row's timer moved under Local", "01-x",
+			table + "  | SYN_RECV         0      0 127.0.0.1:5342 127.0.0.1:4920 on 4.0s retrans 2 no fd\n",
+			table + "  | SYN_RECV         0      0 127.0.0.1:53421 127.0.0.1:49206\n  |                           on 4.0s retrans 2 no fd\n", true, nil},
 		{"another system call", "06-x", "  accept4(6, ...) = 7\n", "  accept(6, ...) = 7\n", false, nil},
 		{"another address", "04-x", "  bind(6, {AF_INET, 127.0.0.1:0}) = 0\n", "  bind(6, {AF_INET, 0.0.0.0:0}) = 0\n", false, nil},
 		{"a step more", "02-x", "[1] connect\n  connect(3, ...) = 0\n", "[1] connect\n  connect(3, ...) = 0\n\n[2] close\n  close(3) = 0\n", false, nil},

@@ -259,3 +259,42 @@ func TestCounterReadsNetstat(t *testing.T) {
 	_, err = sockdiag.Counter("TcpExt", "NoSuchCounter")
 	assert.Error(t, err)
 }
+
+// A row that would pass 80 columns moves its timer (or, for the header, "Timer/fd") under the
+// Local column: a retransmitting request socket, a table of IPv4-mapped IPv6 addresses.
+func TestWriteTableKeepsWideRowsWithin80Columns(t *testing.T) {
+	var b strings.Builder
+	sockdiag.WriteTable(&b, "  | ", []sockdiag.Socket{{
+		Protocol: unix.IPPROTO_TCP, State: sockdiag.Established, Inode: 7,
+		Local:  netip.MustParseAddrPort("127.0.0.1:53421"),
+		Remote: netip.MustParseAddrPort("127.0.0.1:49206"),
+	}, {
+		Protocol: unix.IPPROTO_TCP, State: sockdiag.SynRecv,
+		Local:  netip.MustParseAddrPort("127.0.0.1:53421"),
+		Remote: netip.MustParseAddrPort("127.0.0.1:49207"),
+		Timer:  sockdiag.TimerRetransmit, Expires: 4 * time.Second, Retransmits: 2,
+	}})
+	lines := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
+	require.Len(t, lines, 4, b.String())
+	assert.True(t, strings.HasPrefix(lines[2], "  | SYN_RECV "), lines[2])
+	assert.NotContains(t, lines[2], "retrans")
+	local := strings.Index(lines[2], "127.0.0.1:53421")
+	assert.Equal(t, strings.Repeat(" ", local-4)+"on 4.0s retrans 2 no fd", lines[3][4:], "under Local")
+
+	b.Reset()
+	sockdiag.WriteTable(&b, "  | ", []sockdiag.Socket{{
+		Protocol: unix.IPPROTO_TCP, State: sockdiag.Established, Inode: 9,
+		Local:  netip.MustParseAddrPort("[::ffff:127.0.0.1]:45678"),
+		Remote: netip.MustParseAddrPort("[::ffff:127.0.0.1]:56789"),
+	}})
+	header := strings.SplitN(b.String(), "\n", 3)
+	require.Len(t, header, 3)
+	assert.Equal(t, strings.Index(header[0], "Local"), strings.Index(header[1], "Timer/fd"),
+		"the header's last column moved under Local: %q", b.String())
+	for _, l := range strings.Split(strings.TrimRight(b.String(), "\n"), "\n") {
+		assert.LessOrEqual(t, len(l), 80, "%q", l)
+	}
+	for _, l := range lines {
+		assert.LessOrEqual(t, len(l), 80, "%q", l)
+	}
+}

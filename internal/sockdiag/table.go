@@ -81,10 +81,14 @@ func SortForDisplay(socks []Socket) {
 	})
 }
 
+// TableWidth is the terminal width WriteTable keeps to.
+const TableWidth = 80
+
 // WriteTable prints sockets in the spirit of `ss -tan -o -e`: state, Recv-Q, Send-Q, local and
 // peer endpoints, the timer, and "no fd" where no descriptor holds the socket. Columns are
-// as wide as their content so that IPv4 tables fit an 80-column terminal. prefix starts every
-// line (e.g. indentation).
+// as wide as their content. prefix starts every line (e.g. indentation). A row that would pass
+// TableWidth columns (a retransmitting request socket, IPv4-mapped IPv6 addresses) puts its
+// timer and fd note on the next line, under the Local column, instead of running off the edge.
 func WriteTable(w io.Writer, prefix string, socks []Socket) {
 	if len(socks) == 0 {
 		fmt.Fprintf(w, "%s(no matching sockets in the kernel table)\n", prefix)
@@ -108,16 +112,22 @@ func WriteTable(w io.Writer, prefix string, socks []Socket) {
 	for _, r := range rows {
 		var b strings.Builder
 		b.WriteString(prefix)
-		for i, c := range r {
-			switch {
-			case i == 1 || i == 2: // queues right-aligned like ss
+		localAt := 0
+		for i, c := range r[:5] {
+			if i == 3 {
+				localAt = b.Len()
+			}
+			if i == 1 || i == 2 { // queues right-aligned like ss
 				fmt.Fprintf(&b, "%*s ", widths[i], c)
-			case i == len(r)-1:
-				b.WriteString(c)
-			default:
+			} else {
 				fmt.Fprintf(&b, "%-*s ", widths[i], c)
 			}
 		}
-		fmt.Fprintln(w, strings.TrimRight(b.String(), " "))
+		line, extra := b.String(), r[5]
+		if extra != "" && len(line)+len(extra) > TableWidth {
+			fmt.Fprintln(w, strings.TrimRight(line, " "))
+			line = prefix + strings.Repeat(" ", localAt-len(prefix))
+		}
+		fmt.Fprintln(w, strings.TrimRight(line+extra, " "))
 	}
 }
