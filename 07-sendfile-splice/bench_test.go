@@ -12,14 +12,27 @@ import (
 	"testing"
 )
 
-// The benchmarks send a page-cached file over loopback with the sending and receiving threads
-// pinned to different cores, and report medians over b.N runs (use -benchtime 5x):
+// The benchmarks send a page-cached file with the sending and receiving threads pinned to
+// different cores, and report medians over b.N runs (use -benchtime 5x):
 //
 //	SOCKLAB_BENCH_MIB=512 go test -run '^$' -bench . -benchtime 5x ./07-sendfile-splice/
 //
+// Each benchmark runs over three routes (sub-benchmarks):
+//   - "veth-rps": a veth pair to a second namespace whose receive processing the kernel steers
+//     (RPS) to the receiver's CPU for data and to the sender's CPU for ACKs, the way each of two
+//     machines would process its own receive work (wire_test.go) — at the price of an IPI per
+//     steered packet, which on a VM costs the sender more than the work it moves away;
+//   - "veth": the same pair without RPS, the control;
+//   - "loopback": 127.0.0.1.
+//
+// Without RPS (veth, loopback) the transmitting CPU also runs the receive half of TCP in the
+// sender's context. The veth routes are skipped outside a private namespace. None of the three
+// is a real network: docs/07-sendfile-splice.md, "The numbers", compares them.
+//
 // SOCKLAB_BENCH_MIB sets the file size (default 512, as in the issue; 64 for a quick run);
-// SOCKLAB_BENCH_NOPIN=1 leaves the threads unpinned; SOCKLAB_BENCH_RECV=read makes the send
-// benchmarks' receiver read(2) instead of splice.
+// SOCKLAB_BENCH_ROUTE=veth-rps, veth or loopback runs one route only; SOCKLAB_BENCH_NOPIN=1
+// leaves the threads unpinned (veth-rps still steers to CPUs 0 and 1); SOCKLAB_BENCH_RECV=read
+// makes the send benchmarks' receiver read(2) instead of splice.
 
 func benchFile(b *testing.B) (string, int64) {
 	b.Helper()
@@ -60,11 +73,64 @@ func benchRecv(cpu int) RecvOptions {
 // sample is one transfer's cost.
 type sample struct {
 	mbps            float64
-	sendCPU, recCPU float64 // CPU seconds per GiB
+	sendCPU, recCPU float64 // CPU seconds per GiB, of the sending and receiving threads
+	// Whole-CPU counters (wire_test.go), per GiB, when the threads are pinned: softirq time
+	// on the sender's CPU (/proc/stat, in any context — the sender's, idle's, ksoftirqd's) and
+	// RPS IPIs that woke the receiver's CPU (/proc/net/softnet_stat).
+	sendCPUSoftirq, rpsIPIs float64
 }
 
-func measureOnce(b *testing.B, so SendOptions, ro RecvOptions) sample {
-	out, err := transfer(so, ro)
+// route is how a benchmark's bytes travel: over loopback or over a veth wire.
+type route struct {
+	name string
+	dial dialFunc
+	skip string // why the route is unavailable, or ""
+}
+
+// routes builds the benchmark's routes (see the top of this file); the wires are torn down
+// when b ends.
+func routes(b *testing.B) []route {
+	all := []string{"veth-rps", "veth", "loopback"}
+	if only := os.Getenv("SOCKLAB_BENCH_ROUTE"); only != "" {
+		if !slices.Contains(all, only) {
+			b.Fatalf("SOCKLAB_BENCH_ROUTE=%q: want one of %v", only, all)
+		}
+		all = []string{only}
+	}
+	var rs []route
+	for _, name := range all {
+		r := route{name: name, dial: dialLoopback}
+		if name != "loopback" {
+			if runtime.NumCPU() < 2 {
+				r.skip = "the wire is measured with two CPUs; this machine has one"
+			} else if w, err := newWire(0, 1, name == "veth-rps"); err != nil {
+				r.skip = "no veth wire: " + err.Error()
+			} else {
+				b.Cleanup(w.close)
+				r.dial = w.dial
+			}
+		}
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+// onRoutes runs f as one sub-benchmark per route.
+func onRoutes(b *testing.B, f func(b *testing.B, dial dialFunc)) {
+	for _, r := range routes(b) {
+		b.Run(r.name, func(b *testing.B) {
+			if r.skip != "" {
+				b.Skip(r.skip)
+			}
+			f(b, r.dial)
+		})
+	}
+}
+
+func measureOnce(b *testing.B, dial dialFunc, so SendOptions, ro RecvOptions) sample {
+	before := readCPUCounters(so.CPU, ro.CPU)
+	out, err := transferOver(dial, 0, 0, so, ro, nil)
+	after := readCPUCounters(so.CPU, ro.CPU)
 	if err == nil {
 		err = errors.Join(out.SendErr, out.RecvErr)
 	}
@@ -72,11 +138,16 @@ func measureOnce(b *testing.B, so SendOptions, ro RecvOptions) sample {
 		b.Fatal(err)
 	}
 	gib := float64(out.Send.Sent) / (1 << 30)
-	return sample{
+	s := sample{
 		mbps:    mbps(out.Send.Sent, out.Recv.Elapsed),
 		sendCPU: out.Send.CPU.Total().Seconds() / gib,
 		recCPU:  out.Recv.CPU.Total().Seconds() / gib,
 	}
+	if before.ok && after.ok {
+		s.sendCPUSoftirq = (after.sendSoftirq - before.sendSoftirq) / gib
+		s.rpsIPIs = float64(after.recvIPIs-before.recvIPIs) / gib
+	}
+	return s
 }
 
 func median(xs []float64) float64 {
@@ -92,13 +163,16 @@ func median(xs []float64) float64 {
 }
 
 func report(b *testing.B, samples []sample) {
-	var mb, sc, rc []float64
+	var mb, sc, rc, sq, ipi []float64
 	for _, s := range samples {
 		mb, sc, rc = append(mb, s.mbps), append(sc, s.sendCPU), append(rc, s.recCPU)
+		sq, ipi = append(sq, s.sendCPUSoftirq), append(ipi, s.rpsIPIs)
 	}
 	b.ReportMetric(median(mb), "MB/s-median")
 	b.ReportMetric(median(sc), "send-cpu-s/GiB")
 	b.ReportMetric(median(rc), "recv-cpu-s/GiB")
+	b.ReportMetric(median(sq), "send-core-softirq-s/GiB")
+	b.ReportMetric(median(ipi), "rps-ipi/GiB")
 	b.ReportMetric(0, "ns/op") // wall time per op is in MB/s; ns/op of a 512 MiB op is noise
 }
 
@@ -107,26 +181,27 @@ func report(b *testing.B, samples []sample) {
 func BenchmarkSendMethods(b *testing.B) {
 	path, size := benchFile(b)
 	sendCPU, recvCPU := cores()
-	for _, m := range Methods {
-		b.Run(string(m), func(b *testing.B) {
+	onRoutes(b, func(b *testing.B, dial dialFunc) {
+		for _, m := range Methods {
+			b.Run(string(m), func(b *testing.B) {
+				b.SetBytes(size)
+				so := SendOptions{Method: m, Path: path, Length: -1, Buf: 64 << 10, CPU: sendCPU}
+				var samples []sample
+				for b.Loop() {
+					samples = append(samples, measureOnce(b, dial, so, benchRecv(recvCPU)))
+				}
+				report(b, samples)
+			})
+		}
+		b.Run("splice-1MiB-pipe", func(b *testing.B) {
 			b.SetBytes(size)
-			so := SendOptions{Method: m, Path: path, Length: -1, Buf: 64 << 10, CPU: sendCPU}
-			ro := benchRecv(recvCPU)
+			so := SendOptions{Method: Splice, Pipe: 1 << 20, Path: path, Length: -1, CPU: sendCPU}
 			var samples []sample
 			for b.Loop() {
-				samples = append(samples, measureOnce(b, so, ro))
+				samples = append(samples, measureOnce(b, dial, so, benchRecv(recvCPU)))
 			}
 			report(b, samples)
 		})
-	}
-	b.Run("splice-1MiB-pipe", func(b *testing.B) {
-		b.SetBytes(size)
-		so := SendOptions{Method: Splice, Pipe: 1 << 20, Path: path, Length: -1, CPU: sendCPU}
-		var samples []sample
-		for b.Loop() {
-			samples = append(samples, measureOnce(b, so, benchRecv(recvCPU)))
-		}
-		report(b, samples)
 	})
 }
 
@@ -135,47 +210,60 @@ func BenchmarkSendMethods(b *testing.B) {
 func BenchmarkReceive(b *testing.B) {
 	path, size := benchFile(b)
 	sendCPU, recvCPU := cores()
-	for _, ro := range []RecvOptions{
-		{Method: RecvRead, Buf: 64 << 10, NoHash: true, CPU: recvCPU},
-		{Method: RecvSplice, CPU: recvCPU},
-	} {
-		b.Run(ro.Method, func(b *testing.B) {
-			b.SetBytes(size)
-			var samples []sample
-			for b.Loop() {
-				samples = append(samples, measureOnce(b, SendOptions{Method: Sendfile, Path: path, Length: -1, CPU: sendCPU}, ro))
-			}
-			report(b, samples)
-		})
-	}
+	onRoutes(b, func(b *testing.B, dial dialFunc) {
+		for _, ro := range []RecvOptions{
+			{Method: RecvRead, Buf: 64 << 10, NoHash: true, CPU: recvCPU},
+			{Method: RecvSplice, CPU: recvCPU},
+		} {
+			b.Run(ro.Method, func(b *testing.B) {
+				b.SetBytes(size)
+				so := SendOptions{Method: Sendfile, Path: path, Length: -1, CPU: sendCPU}
+				var samples []sample
+				for b.Loop() {
+					samples = append(samples, measureOnce(b, dial, so, ro))
+				}
+				report(b, samples)
+			})
+		}
+	})
 }
 
 // The issue's targets as ratios within one run, the methods interleaved so that a busy
 // neighbour on this shared 2-core VM slows them alike: sendfile and splice sender CPU per GiB
 // over read+write's (target ≤ 0.4), and sendfile throughput over io.Copy's (target ≥ 0.95).
+// The absolute sender CPU of read+write and sendfile is reported too, so that a ratio can be
+// read next to what it divides.
 func BenchmarkTargetRatios(b *testing.B) {
 	path, size := benchFile(b)
 	sendCPU, recvCPU := cores()
-	compared := []Method{ReadWrite, Sendfile, Splice, IOCopy}
-	got := map[Method][]sample{}
-	b.SetBytes(size * int64(len(compared)))
-	for b.Loop() {
-		for _, m := range compared {
-			so := SendOptions{Method: m, Path: path, Length: -1, Buf: 64 << 10, CPU: sendCPU}
-			got[m] = append(got[m], measureOnce(b, so, benchRecv(recvCPU)))
+	onRoutes(b, func(b *testing.B, dial dialFunc) {
+		compared := []Method{ReadWrite, Sendfile, Splice, IOCopy}
+		got := map[Method][]sample{}
+		b.SetBytes(size * int64(len(compared)))
+		for b.Loop() {
+			for _, m := range compared {
+				so := SendOptions{Method: m, Path: path, Length: -1, Buf: 64 << 10, CPU: sendCPU}
+				got[m] = append(got[m], measureOnce(b, dial, so, benchRecv(recvCPU)))
+			}
 		}
-	}
-	med := func(m Method, f func(sample) float64) float64 {
-		var xs []float64
-		for _, s := range got[m] {
-			xs = append(xs, f(s))
+		med := func(m Method, f func(sample) float64) float64 {
+			var xs []float64
+			for _, s := range got[m] {
+				xs = append(xs, f(s))
+			}
+			return median(xs)
 		}
-		return median(xs)
-	}
-	cpu := func(s sample) float64 { return s.sendCPU }
-	thr := func(s sample) float64 { return s.mbps }
-	b.ReportMetric(med(Sendfile, cpu)/med(ReadWrite, cpu), "sendfile/readwrite-cpu")
-	b.ReportMetric(med(Splice, cpu)/med(ReadWrite, cpu), "splice/readwrite-cpu")
-	b.ReportMetric(med(Sendfile, thr)/med(IOCopy, thr), "sendfile/iocopy-MB/s")
-	b.ReportMetric(0, "ns/op")
+		cpu := func(s sample) float64 { return s.sendCPU }
+		thr := func(s sample) float64 { return s.mbps }
+		b.ReportMetric(med(ReadWrite, thr), "readwrite-MB/s")
+		b.ReportMetric(med(Sendfile, thr), "sendfile-MB/s")
+		b.ReportMetric(med(Splice, thr), "splice-MB/s")
+		b.ReportMetric(med(ReadWrite, cpu), "readwrite-send-cpu-s/GiB")
+		b.ReportMetric(med(Sendfile, cpu), "sendfile-send-cpu-s/GiB")
+		b.ReportMetric(med(Splice, cpu), "splice-send-cpu-s/GiB")
+		b.ReportMetric(med(Sendfile, cpu)/med(ReadWrite, cpu), "sendfile/readwrite-cpu")
+		b.ReportMetric(med(Splice, cpu)/med(ReadWrite, cpu), "splice/readwrite-cpu")
+		b.ReportMetric(med(Sendfile, thr)/med(IOCopy, thr), "sendfile/iocopy-MB/s")
+		b.ReportMetric(0, "ns/op")
+	})
 }

@@ -104,13 +104,22 @@ func (o Outcome) Match(want []byte) bool {
 // transfer sends one file over a fresh loopback connection: the receiver runs concurrently on
 // its own thread, the sender closes its end when done so the receiver sees EOF.
 func transfer(so SendOptions, ro RecvOptions) (Outcome, error) {
-	return transferWith(0, 0, so, ro, nil)
+	return transferOver(dialLoopback, 0, 0, so, ro, nil)
 }
 
 // transferWith is transfer with fixed socket buffers (0 = autotuned) and an optional hook
 // that runs on the receiving goroutine before it starts reading.
 func transferWith(sndbuf, rcvbuf int, so SendOptions, ro RecvOptions, beforeRecv func()) (Outcome, error) {
-	l, err := dialLoopback(sndbuf, rcvbuf)
+	return transferOver(dialLoopback, sndbuf, rcvbuf, so, ro, beforeRecv)
+}
+
+// dialFunc makes the connection a transfer uses: dialLoopback, or in the benchmarks a veth
+// "wire" to another namespace (wire_test.go).
+type dialFunc func(sndbuf, rcvbuf int) (*link, error)
+
+// transferOver is transferWith over a connection made by dial.
+func transferOver(dial dialFunc, sndbuf, rcvbuf int, so SendOptions, ro RecvOptions, beforeRecv func()) (Outcome, error) {
+	l, err := dial(sndbuf, rcvbuf)
 	if err != nil {
 		return Outcome{}, err
 	}
