@@ -23,23 +23,6 @@ const shortWait = 3 * time.Second
 // retransmitWait bounds waits for SYN and SYN-ACK retransmissions (1 s, then 2 s, ...).
 const retransmitWait = 15 * time.Second
 
-// pollUntil asks cond again and again (1 ms, backing off to 20 ms) until it is true or timeout
-// passes. The kernel decides when the condition holds; the pause only spaces the questions.
-func pollUntil(timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	pause := time.Millisecond
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(pause)
-		pause = min(pause*2, 20*time.Millisecond)
-	}
-}
-
 // queueLab is a listener that never calls accept() by itself, and the clients that tried to
 // connect to it.
 type queueLab struct {
@@ -137,7 +120,7 @@ func (q *queueLab) connect(count int, narrate bool) error {
 		c := queueClient{FD: fd, Addr: lab.AddrPortOf(sa)}
 		q.Clients = append(q.Clients, c)
 		var last string
-		decided := pollUntil(shortWait, func() bool {
+		decided := lab.Poll(shortWait, func() bool {
 			s, st, err := findState(c.Addr, q.Addr)
 			if err != nil {
 				return false
@@ -248,7 +231,7 @@ type synRetransmits struct {
 func (q *queueLab) waitSynRetransmits(i, atLeast int, timeout time.Duration) (synRetransmits, error) {
 	var r synRetransmits
 	c := q.Clients[i]
-	ok := pollUntil(timeout, func() bool {
+	ok := lab.Poll(timeout, func() bool {
 		s, found, err := sockdiag.Find(c.Addr, q.Addr)
 		if err != nil || !found {
 			return false
@@ -288,7 +271,7 @@ type waiterAdmission struct {
 func (q *queueLab) waitAdmission(waiting []int, timeout time.Duration) (waiterAdmission, error) {
 	w := waiterAdmission{Index: -1}
 	start := time.Now()
-	pollUntil(timeout, func() bool {
+	lab.Poll(timeout, func() bool {
 		for _, i := range waiting {
 			// Both ends: a client can be ESTABLISHED while its final ACK overflowed the queue
 			// again, leaving the server's end in SYN_RECV (see tcp_abort_on_overflow).
@@ -569,7 +552,7 @@ func synRetriesGiveUp(n *lab.Narrator, retries, linear int) (synRetriesFacts, er
 
 		// Watch the kernel until it gives up: every rise of tcpi_total_retrans is one more SYN.
 		var last string
-		closed := pollUntil(retransmitWait, func() bool {
+		closed := lab.Poll(retransmitWait, func() bool {
 			info, err := sockdiag.TCPInfo(fd)
 			if err != nil {
 				return false

@@ -129,7 +129,7 @@ func halfOpenHandshake(n *lab.Narrator, delayACK, dropACK bool, synackRetrans in
 	if f.ClientState, err = sockdiag.StateOf(cfd); err != nil {
 		return f, err
 	}
-	found := pollUntil(shortWait, func() bool {
+	found := lab.Poll(shortWait, func() bool {
 		s, ok, err := sockdiag.Find(q.Addr, caddr)
 		f.Server = s
 		return err == nil && ok
@@ -138,7 +138,7 @@ func halfOpenHandshake(n *lab.Narrator, delayACK, dropACK bool, synackRetrans in
 		return f, fmt.Errorf("server end %v → %v not in the kernel table", q.Addr, caddr)
 	}
 	if synackRetrans > 0 {
-		ok := pollUntil(retransmitWait, func() bool {
+		ok := lab.Poll(retransmitWait, func() bool {
 			s, found, err := sockdiag.Find(q.Addr, caddr)
 			if err == nil && found {
 				f.Server = s
@@ -156,7 +156,7 @@ func halfOpenHandshake(n *lab.Narrator, delayACK, dropACK bool, synackRetrans in
 	if err := n.Sys(wn, err, "write(%d, %q, %d)", cfd, msg, len(msg)); err != nil {
 		return f, err
 	}
-	pollUntil(shortWait, func() bool {
+	lab.Poll(shortWait, func() bool {
 		_, f.ServerAfterData, err = findState(q.Addr, caddr)
 		return f.ServerAfterData == sockdiag.Established
 	})
@@ -227,7 +227,7 @@ func overflowAtFinalACK(n *lab.Narrator, abort bool) (overflowFacts, error) {
 		if err != nil && err != unix.EINPROGRESS {
 			return err
 		}
-		if !pollUntil(shortWait, func() bool {
+		if !lab.Poll(shortWait, func() bool {
 			_, cs, _ := findState(a, q.Addr)
 			_, ss, _ := findState(q.Addr, a)
 			return cs == sockdiag.Established && ss == sockdiag.SynRecv
@@ -246,7 +246,7 @@ func overflowAtFinalACK(n *lab.Narrator, abort bool) (overflowFacts, error) {
 			return err
 		}
 		// The overflow is counted when the segment reaches the full queue.
-		pollUntil(shortWait, func() bool {
+		lab.Poll(shortWait, func() bool {
 			now, _ := sockdiag.Counter("TcpExt", "ListenOverflows")
 			st, _ := sockdiag.StateOf(afd)
 			return now > before && (!abort || st == sockdiag.Close)
@@ -609,7 +609,7 @@ func wireConnect(n *lab.Narrator, q *queueLab, c *capture.Capture) (wireHandshak
 		return h, fd, err
 	}
 	var server sockdiag.State
-	if !pollUntil(shortWait, func() bool {
+	if !lab.Poll(shortWait, func() bool {
 		_, server, err = findState(q.Addr, h.Client)
 		return server == sockdiag.Established
 	}) {

@@ -353,7 +353,7 @@ func lifecycle(n *lab.Narrator, addr netip.AddrPort) (lifecycleStates, error) {
 	}
 	// The server's half is created by the kernel when the final ACK arrives; it may take a
 	// moment to be listed.
-	pollUntil(shortWait, func() bool {
+	lab.Poll(shortWait, func() bool {
 		child, st.ServerBeforeAccept, err = findState(st.Listener, st.Client)
 		return st.ServerBeforeAccept == sockdiag.Established
 	})

@@ -148,7 +148,7 @@ func runClientRole(args []string, stdout, stderr io.Writer) error {
 	// Handshakes on loopback take microseconds; a client whose SYN was dropped stays in
 	// SYN_SENT for seconds. Give them a second to settle before looking.
 	states := make([]sockdiag.State, len(fds))
-	pollUntil(time.Second, func() bool {
+	lab.Poll(time.Second, func() bool {
 		settled := true
 		for i, fd := range fds {
 			states[i], _ = sockdiag.StateOf(fd)

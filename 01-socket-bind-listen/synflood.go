@@ -192,7 +192,7 @@ func synFlood(n *lab.Narrator, syncookies string, count int, waitFailure bool) (
 		// Every forged SYN ends up counted somewhere: as a half-open request, as dropped
 		// because the SYN queue was full, or as answered with a cookie.
 		var last string
-		if !pollUntil(shortWait, func() bool {
+		if !lab.Poll(shortWait, func() bool {
 			now := counters(names...)
 			f.HalfOpen, _ = halfOpenCount(q.Addr)
 			f.QueueFullDrops = now["TCPReqQFullDrop"] - before["TCPReqQFullDrop"]
@@ -221,7 +221,7 @@ func synFlood(n *lab.Narrator, syncookies string, count int, waitFailure bool) (
 		if err != nil && err != unix.EINPROGRESS {
 			return err
 		}
-		f.ClientGotIn = pollUntil(shortWait, func() bool {
+		f.ClientGotIn = lab.Poll(shortWait, func() bool {
 			st, _ := sockdiag.StateOf(cfd)
 			f.ClientState = st
 			if st == sockdiag.Established {
@@ -246,7 +246,7 @@ func synFlood(n *lab.Narrator, syncookies string, count int, waitFailure bool) (
 			"client's SYN is dropped like the forged ones.")
 		if waitFailure {
 			start := time.Now()
-			pollUntil(retransmitWait, func() bool {
+			lab.Poll(retransmitWait, func() bool {
 				st, _ := sockdiag.StateOf(cfd)
 				f.ClientState = st
 				return st == sockdiag.Close
@@ -293,9 +293,9 @@ func halfOpenLifetime(n *lab.Narrator, retries string, count int) (initial int, 
 			return err
 		}
 		start := time.Now()
-		pollUntil(shortWait, func() bool { initial, _ = halfOpenCount(q.Addr); return initial == count })
+		lab.Poll(shortWait, func() bool { initial, _ = halfOpenCount(q.Addr); return initial == count })
 		n.Result("%d half-open requests", initial)
-		if !pollUntil(retransmitWait, func() bool { k, err := halfOpenCount(q.Addr); return err == nil && k == 0 }) {
+		if !lab.Poll(retransmitWait, func() bool { k, err := halfOpenCount(q.Addr); return err == nil && k == 0 }) {
 			return fmt.Errorf("half-open requests still there after %v", retransmitWait)
 		}
 		lived = time.Since(start)
@@ -384,7 +384,7 @@ func maxSynBacklogFlood(n *lab.Narrator, maxSynBacklog, count int, table bool) (
 		// Every forged SYN ends up either as a half-open request or as a drop the kernel
 		// counted (tcp_listendrop counts each drop on this path as ListenDrops).
 		var last string
-		if !pollUntil(shortWait, func() bool {
+		if !lab.Poll(shortWait, func() bool {
 			now := counters(names...)
 			f.HalfOpen, _ = halfOpenCount(q.Addr)
 			f.ListenDrops = now["ListenDrops"] - before["ListenDrops"]
