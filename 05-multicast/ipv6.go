@@ -118,19 +118,28 @@ func stepIPv6(n *lab.Narrator, h *twoHosts, port uint16) (ipv6Report, error) {
 // waitLinkLocal waits (at most 5 s) until the interface has its IPv6 link-local address, and
 // returns it.
 func waitLinkLocal(ifc *net.Interface) (netip.Addr, error) {
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
-		addrs, err := ifc.Addrs()
-		if err != nil {
-			return netip.Addr{}, err
+	var found netip.Addr
+	var err error
+	lab.Poll(5*time.Second, func() bool {
+		var addrs []net.Addr
+		if addrs, err = ifc.Addrs(); err != nil {
+			return true
 		}
 		for _, a := range addrs {
-			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().IsLinkLocalUnicast() {
-				return p.Addr(), nil
+			if p, perr := netip.ParsePrefix(a.String()); perr == nil && p.Addr().IsLinkLocalUnicast() {
+				found = p.Addr()
+				return true
 			}
 		}
-		time.Sleep(10 * time.Millisecond) // a poll interval: the address decides
+		return false
+	})
+	switch {
+	case err != nil:
+		return netip.Addr{}, err
+	case !found.IsValid():
+		return netip.Addr{}, fmt.Errorf("%s has no IPv6 link-local address after 5 s", ifc.Name)
 	}
-	return netip.Addr{}, fmt.Errorf("%s has no IPv6 link-local address after 5 s", ifc.Name)
+	return found, nil
 }
 
 // readIGMP6 is the IPv6 membership list of the calling thread's namespace

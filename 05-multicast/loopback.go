@@ -207,14 +207,9 @@ func stepJoin(n *lab.Narrator, l lesson) (joinReport, error) {
 // waitUsers polls the membership list until group on iface has want members or timeout
 // passes, and returns the last count seen.
 func waitUsers(iface string, group netip.Addr, want int, timeout time.Duration) int {
-	deadline := time.Now().Add(timeout)
-	for {
-		got := usersNow(iface, group)
-		if got == want || time.Now().After(deadline) {
-			return got
-		}
-		time.Sleep(5 * time.Millisecond) // a poll interval: the kernel's list decides
-	}
+	var got int
+	lab.Poll(timeout, func() bool { got = usersNow(iface, group); return got == want })
+	return got
 }
 
 // usersNow is the number of members of group on iface in the calling thread's namespace.

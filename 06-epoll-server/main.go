@@ -216,20 +216,20 @@ func wait(d *lab.Demo, epfd int, timeoutMS int, why string) ([]uint32, error) {
 // waitRecvQ waits until the kernel reports at least n unread bytes on the socket from local
 // to remote, so a following "nothing is reported" is not a race with data still in flight.
 func waitRecvQ(local, remote netip.AddrPort, n uint32) error {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		s, found, err := sockdiag.Find(local, remote)
-		if err != nil {
-			return err
-		}
-		if found && s.RecvQ >= n {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%v never had %d bytes queued (last: %v)", local, n, s)
-		}
-		time.Sleep(time.Millisecond) // a poll interval; the kernel's queue length decides
+	var s sockdiag.Socket
+	var err error
+	queued := lab.Poll(5*time.Second, func() bool {
+		var found bool
+		s, found, err = sockdiag.Find(local, remote)
+		return err != nil || (found && s.RecvQ >= n)
+	})
+	switch {
+	case err != nil:
+		return err
+	case !queued:
+		return fmt.Errorf("%v never had %d bytes queued (last: %v)", local, n, s)
 	}
+	return nil
 }
 
 // TriggerResult counts the events each epoll_wait returned, level- and edge-triggered.
@@ -558,20 +558,20 @@ func workerPool(d *lab.Demo, workers, clients int) (PoolResult, error) {
 // waitAccepted waits until the kernel shows the server end of a connection held by an fd
 // (inode != 0), which happens only once accept() has taken it from the accept queue.
 func waitAccepted(srv, client netip.AddrPort) error {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		s, found, err := sockdiag.Find(srv, client)
-		if err != nil {
-			return err
-		}
-		if found && s.HasFD() {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("server never accepted %v", client)
-		}
-		time.Sleep(time.Millisecond) // a poll interval; the kernel's table decides
+	var err error
+	accepted := lab.Poll(5*time.Second, func() bool {
+		var s sockdiag.Socket
+		var found bool
+		s, found, err = sockdiag.Find(srv, client)
+		return err != nil || (found && s.HasFD())
+	})
+	switch {
+	case err != nil:
+		return err
+	case !accepted:
+		return fmt.Errorf("server never accepted %v", client)
 	}
+	return nil
 }
 
 // readFull reads exactly n bytes from a blocking fd, giving up after timeout.
