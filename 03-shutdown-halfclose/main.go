@@ -57,7 +57,9 @@ func main() { program.Main() }
 // A. Half-close
 
 func partHalfClose(d *lab.Demo) error {
-	_, err := halfClose(d, []byte("pear\napple\nfig\n"))
+	view := newPacketView(d) // the half-close as segments on the wire
+	defer view.stop()
+	_, err := halfClose(d, view, []byte("pear\napple\nfig\n"))
 	return err
 }
 
@@ -72,17 +74,22 @@ type HalfClose struct {
 	ClientEOF        int    // the client's read() after the server's FIN: 0
 	ClientFDState    sockdiag.State
 	AfterClientClose Ends // the TIME_WAIT stays, with no fd
+	// Wire is the connection as captured on loopback (nil without the packet view): the
+	// client's data and FIN, the server's ACK, the server's answer after that FIN, the
+	// server's FIN and the last ACK.
+	Wire *capture.Conversation
 }
 
 // halfClose is `sort` over a socket: the client sends lines and shuts down its sending half;
 // the server can only know it has everything when read() returns 0, and answers after that.
-func halfClose(d *lab.Demo, input []byte) (r HalfClose, err error) {
+func halfClose(d *lab.Demo, view *packetView, input []byte) (r HalfClose, err error) {
 	d.Step("connect a client to a server")
-	c, err := connect(d, 0)
+	c, err := connectWatched(d, 0, view)
 	if err != nil {
 		return r, err
 	}
 	defer c.closeAll()
+	view.note(c)
 	d.Kernel(c.filter())
 
 	d.Step("the client sends its lines, then shutdown(SHUT_WR): \"that is all\"")
@@ -97,6 +104,7 @@ func halfClose(d *lab.Demo, input []byte) (r HalfClose, err error) {
 		return r, err
 	}
 	r.AfterShutdown, err = c.awaitEnds(sockdiag.FinWait2, sockdiag.CloseWait)
+	view.note(c)
 	d.Kernel(c.filter())
 	if err != nil {
 		return r, err
@@ -139,7 +147,14 @@ func halfClose(d *lab.Demo, input []byte) (r HalfClose, err error) {
 		}
 		r.Reply = append(r.Reply, buf[:n]...)
 	}
-	r.WhileReplying, err = c.ends()
+	// The client's kernel acknowledges the answer (Send-Q 0 on the server: nothing
+	// unacknowledged) before the server closes, so the ACK of the data and the ACK of the
+	// server's FIN are two segments on the wire, not one.
+	r.WhileReplying, err = awaitFunc(func() (Ends, bool, error) {
+		e, err := c.ends()
+		return e, err == nil && is(e.Server, sockdiag.CloseWait) && e.Server.SendQ == 0, err
+	}, "the server's answer acknowledged (Send-Q 0)")
+	view.note(c)
 	d.Kernel(c.filter())
 	if err != nil {
 		return r, err
@@ -150,6 +165,7 @@ func halfClose(d *lab.Demo, input []byte) (r HalfClose, err error) {
 		return r, err
 	}
 	r.AfterServerClose, err = c.awaitEnds(sockdiag.TimeWait, Gone)
+	view.note(c)
 	d.Kernel(c.filter())
 	if err != nil {
 		return r, err
@@ -175,9 +191,21 @@ func halfClose(d *lab.Demo, input []byte) (r HalfClose, err error) {
 	}
 	r.AfterClientClose, err = c.ends()
 	d.Kernel(c.filter())
+	if err != nil {
+		return r, err
+	}
 	d.Say("No process holds the TIME_WAIT (\"no fd\"): the kernel keeps it alone, to answer " +
 		"a retransmitted FIN with the last ACK and to let old segments die out.")
-	return r, err
+	if r.Wire, err = view.closed(c); err != nil || r.Wire == nil {
+		return r, err
+	}
+	view.show(r.Wire)
+	d.Say("The half-close on the wire: the client's FIN takes one sequence number (the " +
+		"server acknowledges its seq + 1) and the client sends nothing after it but ACKs, " +
+		"whose seq stays at the FIN's seq + 1. The server's answer flows after that FIN, " +
+		"its seq advancing, the client acknowledging it; then the server's FIN, and the " +
+		"client's last ACK.")
+	return r, nil
 }
 
 // sortLines is the server's answer: the input's lines, sorted, as sort(1) would.
@@ -363,7 +391,9 @@ func (c *conn) hold(d *lab.Demo, client, server sockdiag.State) (Ends, error) {
 // C. CLOSING
 
 func partClosing(d *lab.Demo) error {
-	_, err := simultaneousClose(d)
+	view := newPacketView(d) // the two FINs as segments on the wire
+	defer view.stop()
+	_, err := simultaneousClose(d, view)
 	return err
 }
 
@@ -378,18 +408,21 @@ type SimultaneousClose struct {
 	ClientFDState sockdiag.State // TCP_INFO on the client fd while CLOSING
 	ServerRead    int
 	BothTimeWait  Ends // both ends closed actively: TIME_WAIT on both
+	// Wire is the connection as captured on loopback (nil without the packet view).
+	Wire *capture.Conversation
 }
 
 // simultaneousClose makes both ends close before either has received the other's FIN.
 // Crossing FINs on a wire are a race; here both FINs wait behind data in a zero window, and
 // the lab decides which one is delivered first by choosing which side reads first.
-func simultaneousClose(d *lab.Demo) (r SimultaneousClose, err error) {
+func simultaneousClose(d *lab.Demo, view *packetView) (r SimultaneousClose, err error) {
 	d.Step("connect with small buffers")
-	c, err := connect(d, smallBuffers)
+	c, err := connectWatched(d, smallBuffers, view)
 	if err != nil {
 		return r, err
 	}
 	defer c.closeAll()
+	view.note(c)
 
 	d.Step("both ends fill the other's window; nobody reads")
 	if r.ClientSent, err = c.fill(d, true); err != nil {
@@ -405,6 +438,7 @@ func simultaneousClose(d *lab.Demo) (r SimultaneousClose, err error) {
 		}
 	}
 	r.BothFinWait1, err = c.awaitEnds(sockdiag.FinWait1, sockdiag.FinWait1)
+	view.note(c)
 	d.Kernel(c.filter())
 	if err != nil {
 		return r, err
@@ -415,6 +449,7 @@ func simultaneousClose(d *lab.Demo) (r SimultaneousClose, err error) {
 		return r, err
 	}
 	r.Closing, err = c.awaitEnds(sockdiag.Closing, sockdiag.FinWait2)
+	view.note(c)
 	d.Kernel(c.filter())
 	if err != nil {
 		return r, err
@@ -435,11 +470,21 @@ func simultaneousClose(d *lab.Demo) (r SimultaneousClose, err error) {
 		return r, err
 	}
 	r.BothTimeWait, err = c.awaitEnds(sockdiag.TimeWait, sockdiag.TimeWait)
+	view.note(c)
 	d.Kernel(c.filter())
 	if err != nil {
 		return r, err
 	}
 	d.Say("Both ends closed actively, so both wait in TIME_WAIT.")
+	if r.Wire, err = view.closed(c); err != nil || r.Wire == nil {
+		return r, err
+	}
+	view.showClose(r.Wire)
+	d.Say("On the wire the FINs do not cross: the server's FIN left first, and the client " +
+		"acknowledged it (ack = that FIN's seq + 1) while its own FIN was still queued " +
+		"behind data in the server's zero window. That is CLOSING: a FIN received while " +
+		"the end's own FIN is unacknowledged (here not even sent). The client's FIN " +
+		"followed once the server read; the server, in FIN_WAIT2, acknowledged it.")
 	return r, nil
 }
 

@@ -50,7 +50,7 @@ func assertEnds(t *testing.T, e Ends, client, server sockdiag.State, when string
 
 func TestShutdownWriteLeavesClientFinWait2AndServerCloseWait(t *testing.T) {
 	t.Parallel()
-	r, err := halfClose(quiet(), sortInput)
+	r, err := halfClose(quiet(), nil, sortInput)
 	require.NoError(t, err)
 	assertEnds(t, r.AfterShutdown, sockdiag.FinWait2, sockdiag.CloseWait, "after shutdown(SHUT_WR)")
 	assert.True(t, r.AfterShutdown.Client.HasFD() && r.AfterShutdown.Server.HasFD(), "both still held by fds")
@@ -61,7 +61,7 @@ func TestShutdownWriteLeavesClientFinWait2AndServerCloseWait(t *testing.T) {
 
 func TestServerReadsZeroAfterClientFINYetStillSendsItsAnswer(t *testing.T) {
 	t.Parallel()
-	r, err := halfClose(quiet(), sortInput)
+	r, err := halfClose(quiet(), nil, sortInput)
 	require.NoError(t, err)
 	assert.Equal(t, sortInput, r.ServerGot, "the server got every byte before read() returned 0")
 	assert.Equal(t, 0, r.ServerEOF)
@@ -73,7 +73,7 @@ func TestServerReadsZeroAfterClientFINYetStillSendsItsAnswer(t *testing.T) {
 // copied_seq) is the data plus one.
 func TestFINConsumesOneSequenceNumber(t *testing.T) {
 	t.Parallel()
-	r, err := halfClose(quiet(), sortInput)
+	r, err := halfClose(quiet(), nil, sortInput)
 	require.NoError(t, err)
 	assert.Equal(t, uint32(len(sortInput)+1), r.AfterShutdown.Server.RecvQ, r.AfterShutdown.Server.String())
 	assert.Equal(t, uint32(0), r.WhileReplying.Server.RecvQ, "read() = 0 consumed the FIN's sequence number")
@@ -81,7 +81,7 @@ func TestFINConsumesOneSequenceNumber(t *testing.T) {
 
 func TestActiveCloserHoldsTimeWaitForSixtySecondsWithNoFD(t *testing.T) {
 	t.Parallel()
-	r, err := halfClose(quiet(), sortInput)
+	r, err := halfClose(quiet(), nil, sortInput)
 	require.NoError(t, err)
 	tw := r.AfterServerClose.Client
 	assertEnd(t, tw, sockdiag.TimeWait, "client after the server's FIN")
@@ -97,7 +97,7 @@ func TestActiveCloserHoldsTimeWaitForSixtySecondsWithNoFD(t *testing.T) {
 
 func TestPassiveCloserSocketIsGoneAfterItsClose(t *testing.T) {
 	t.Parallel()
-	r, err := halfClose(quiet(), sortInput)
+	r, err := halfClose(quiet(), nil, sortInput)
 	require.NoError(t, err)
 	assertEnd(t, r.AfterServerClose.Server, Gone, "server after close()")
 	assertEnd(t, r.AfterClientClose.Server, Gone, "server at the end")
@@ -152,7 +152,7 @@ func TestZeroWindowHoldsLastAckOnAnOrphan(t *testing.T) {
 
 func TestSimultaneousCloseGoesThroughClosingToTimeWaitOnBothEnds(t *testing.T) {
 	t.Parallel()
-	r, err := simultaneousClose(quiet())
+	r, err := simultaneousClose(quiet(), nil)
 	require.NoError(t, err)
 	assertEnds(t, r.BothFinWait1, sockdiag.FinWait1, sockdiag.FinWait1, "both shut down")
 	for _, e := range []Ends{r.Closing, r.ClosingLater} {

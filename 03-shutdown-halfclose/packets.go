@@ -153,3 +153,50 @@ func describeClose(segs []capture.Segment) string {
 	}
 	return strings.Join(names, ", ")
 }
+
+// finSegments keeps, from a conversation, only the segments of the close itself: each FIN,
+// and from each side the first segment acknowledging the peer's FIN (ack = FIN's seq + 1).
+// Part C needs it because data segments and zero-window probes around its FINs vary in
+// number from run to run; the close itself does not. Relative numbers stay those of the
+// whole connection.
+func finSegments(conv *capture.Conversation) *capture.Conversation {
+	var finEnd [2]*uint32 // each side's FIN seq + 1, once seen
+	var acked [2]bool     // each side has acknowledged the peer's FIN
+	kept := *conv
+	kept.Segments = nil
+	for _, s := range conv.Segments {
+		peer := capture.Server
+		if s.From == capture.Server {
+			peer = capture.Client
+		}
+		keep := s.Flags&capture.FIN != 0
+		if s.Flags&capture.FIN != 0 && finEnd[s.From] == nil {
+			end := s.Seq + s.SeqSpace()
+			finEnd[s.From] = &end
+		}
+		if !acked[s.From] && finEnd[peer] != nil && s.Flags&capture.ACK != 0 && s.Ack == *finEnd[peer] {
+			acked[s.From], keep = true, true
+		}
+		if keep {
+			kept.Segments = append(kept.Segments, s)
+		}
+	}
+	return &kept
+}
+
+// showClose draws only the close segments (finSegments) of a conversation.
+func (v *packetView) showClose(conv *capture.Conversation) {
+	if conv == nil {
+		return
+	}
+	fins := finSegments(conv)
+	v.d.Say("On the wire, the close only (captured on lo; ms since the first FIN; "+
+		"seq/ack relative to each side's initial sequence number; the %d data segments "+
+		"and window probes around it left out; beside the arrows, each end's state "+
+		"from sock_diag):", len(conv.Segments)-len(fins.Segments))
+	v.d.Block(strings.TrimRight(fins.ASCII(v.notes...), "\n"))
+	if v.d.Verbose() {
+		v.d.Say("The same as a Mermaid sequence diagram (for docs/):")
+		v.d.Block(strings.TrimRight(fins.Mermaid(v.notes...), "\n"))
+	}
+}

@@ -176,3 +176,126 @@ func TestPacketViewSkipsInOneLineWithHost(t *testing.T) {
 	assert.Contains(t, out, "TIME_WAIT is on the client", "the part went on")
 	assert.NotContains(t, out, "On the wire")
 }
+
+// finOf returns a side's only FIN in the conversation (requireHandshakeAndFINs checked there
+// is exactly one) and its index.
+func finOf(t *testing.T, conv *capture.Conversation, side capture.Side) (int, capture.Segment) {
+	t.Helper()
+	for i, s := range conv.Segments {
+		if s.From == side && s.Flags&capture.FIN != 0 {
+			return i, s
+		}
+	}
+	require.FailNow(t, "no FIN", "from the %v: %s", side, dumpWire(conv))
+	return -1, capture.Segment{}
+}
+
+// firstAckOf returns the index of the first segment from side that acknowledges end (a FIN's
+// seq + 1), or -1.
+func firstAckOf(conv *capture.Conversation, side capture.Side, end uint32) int {
+	for i, s := range conv.Segments {
+		if s.From == side && s.Flags&capture.ACK != 0 && s.Ack == end {
+			return i
+		}
+	}
+	return -1
+}
+
+// Part A on the wire: after the client's FIN (which takes one sequence number) the client
+// sends only ACKs, their seq stuck at the FIN's seq + 1, while the server's answer flows the
+// other way, its seq advancing, acknowledged by the client; then the server's FIN and the
+// last ACK.
+func TestHalfCloseOnTheWireDataFollowsTheClientsFIN(t *testing.T) {
+	t.Parallel()
+	r, err := halfClose(quiet(), wireView(t), sortInput)
+	require.NoError(t, err)
+	conv := r.Wire
+	requireHandshakeAndFINs(t, conv)
+	ci, cfin := finOf(t, conv, capture.Client)
+	si, sfin := finOf(t, conv, capture.Server)
+	require.Less(t, ci, si, "the client's FIN comes first: %s", dumpWire(conv))
+	assert.Equal(t, uint32(1+len(sortInput)), cfin.RelSeq+uint32(cfin.Len),
+		"the FIN's number follows the SYN's and the data's")
+
+	// The server's ACK of the client's FIN comes before any of its answer.
+	ackIdx := firstAckOf(conv, capture.Server, cfin.Seq+cfin.SeqSpace())
+	require.Greater(t, ackIdx, ci, "the server acknowledges the client's FIN: %s", dumpWire(conv))
+	var answer []capture.Segment
+	for _, s := range conv.Segments[ci+1 : si+1] {
+		switch s.From {
+		case capture.Client:
+			requireSegment(t, s, capture.Client, capture.ACK, "the client after its FIN")
+			assert.Equal(t, cfin.Seq+cfin.SeqSpace(), s.Seq, "the client's seq stays at its FIN's + 1: %v", s)
+			assert.Zero(t, s.Len, "no data from the client after its FIN")
+		case capture.Server:
+			if s.Len > 0 {
+				answer = append(answer, s)
+			}
+		}
+	}
+	require.NotEmpty(t, answer, "the server's answer came after the client's FIN: %s", dumpWire(conv))
+	assert.Greater(t, firstIndex(conv, answer[0]), ackIdx, "the answer follows the ACK of the FIN")
+	next := answer[0].Seq
+	sent := 0
+	for _, s := range answer {
+		assert.Equal(t, next, s.Seq, "the server's seq advances with its data: %v", s)
+		assert.Equal(t, cfin.Seq+cfin.SeqSpace(), s.Ack, "and keeps acknowledging the client's FIN")
+		next += uint32(s.Len)
+		sent += s.Len
+	}
+	assert.Equal(t, len(r.Reply), sent, "every byte of the answer is on the wire after the FIN")
+	assert.Equal(t, next, sfin.Seq, "the server's FIN follows its answer")
+	dataAck := firstAckOf(conv, capture.Client, next)
+	assert.Greater(t, dataAck, firstIndex(conv, answer[len(answer)-1]),
+		"the client acknowledges the answer: %s", dumpWire(conv))
+	assert.Less(t, dataAck, si, "before the server's FIN (the lab waits for Send-Q 0)")
+
+	// The last ACK is the client's, for the server's FIN + 1, and nothing follows it.
+	last := conv.Segments[len(conv.Segments)-1]
+	requireSegment(t, last, capture.Client, capture.ACK, "the last ACK")
+	assert.Equal(t, sfin.Seq+sfin.SeqSpace(), last.Ack, "the last ACK is the server's FIN + 1")
+	assert.Equal(t, cfin.Seq+cfin.SeqSpace(), last.Seq, "still at the client's FIN + 1")
+}
+
+// firstIndex is the position of s in the conversation.
+func firstIndex(conv *capture.Conversation, s capture.Segment) int {
+	for i, x := range conv.Segments {
+		if x.Seq == s.Seq && x.Ack == s.Ack && x.From == s.From && x.Flags == s.Flags && x.Len == s.Len {
+			return i
+		}
+	}
+	return -1
+}
+
+// Part C on the wire: both ends called shutdown() before either received a FIN, yet the
+// FINs do not cross. The server's FIN leaves first (the client's read opened the window it
+// waited behind); the client acknowledges it — which is what makes it CLOSING — before its
+// own FIN is on the wire, because that FIN still waits behind data in the server's zero
+// window. Each ACK of a FIN is its seq + 1, and the client's FIN number was fixed when
+// shutdown() queued it: its data plus the SYN.
+func TestSimultaneousCloseOnTheWireClientACKsServersFINBeforeItsOwnLeaves(t *testing.T) {
+	t.Parallel()
+	r, err := simultaneousClose(quiet(), wireView(t))
+	require.NoError(t, err)
+	conv := r.Wire
+	requireHandshakeAndFINs(t, conv)
+	ci, cfin := finOf(t, conv, capture.Client)
+	si, sfin := finOf(t, conv, capture.Server)
+	require.Less(t, si, ci, "the server's FIN is on the wire first: %s", dumpWire(conv))
+	clientAck := firstAckOf(conv, capture.Client, sfin.Seq+sfin.SeqSpace())
+	require.Greater(t, clientAck, si, dumpWire(conv))
+	assert.Less(t, clientAck, ci, "the client acknowledges the server's FIN before its own FIN leaves")
+	serverAck := firstAckOf(conv, capture.Server, cfin.Seq+cfin.SeqSpace())
+	assert.Greater(t, serverAck, ci, "the server acknowledges the client's FIN after it")
+	assert.Equal(t, uint32(1+r.ClientSent), cfin.RelSeq+uint32(cfin.Len), "the client's FIN follows all its data")
+	assert.Equal(t, uint32(1+r.ServerSent), sfin.RelSeq+uint32(sfin.Len), "the server's FIN follows all its data")
+	for _, s := range conv.Segments[si+1:] {
+		if s.From == capture.Server {
+			assert.Equal(t, sfin.Seq+sfin.SeqSpace(), s.Seq, "nothing from the server after its FIN but seq + 1: %v", s)
+		}
+	}
+	// The trimmed view the demo draws is exactly these four segments.
+	fins := finSegments(conv).Segments
+	require.Len(t, fins, 4, dumpWire(conv))
+	assert.Equal(t, "server FIN, client ACK, client FIN+ACK, server ACK", describeClose(fins))
+}
