@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"time"
 
+	"socklab/internal/lab"
 	"socklab/internal/sockdiag"
 )
 
@@ -63,25 +64,22 @@ func (c *conn) awaitEnds(client, server sockdiag.State) (Ends, error) {
 	}, fmt.Sprintf("client %v, server %v", name(client), name(server)))
 }
 
-// awaitFunc polls cond with a short back-off, at most awaitTimeout.
+// awaitFunc polls cond (lab.Poll: a short back-off), at most awaitTimeout.
 func awaitFunc(cond func() (Ends, bool, error), want string) (Ends, error) {
-	deadline := time.Now().Add(awaitTimeout)
-	pause := time.Millisecond
-	for {
-		e, ok, err := cond()
-		if ok {
-			return e, nil
-		}
-		if time.Now().After(deadline) {
-			if err != nil {
-				return e, fmt.Errorf("waiting for %s: %w", want, err)
-			}
-			return e, fmt.Errorf("after %v the kernel shows client %v, server %v; the lesson expects %s",
-				awaitTimeout, e.Client, e.Server, want)
-		}
-		time.Sleep(pause) // a polling interval; the kernel's answer decides, not the sleep
-		pause = min(2*pause, 20*time.Millisecond)
+	var e Ends
+	var err error
+	if lab.Poll(awaitTimeout, func() bool {
+		var ok bool
+		e, ok, err = cond()
+		return ok
+	}) {
+		return e, nil
 	}
+	if err != nil {
+		return e, fmt.Errorf("waiting for %s: %w", want, err)
+	}
+	return e, fmt.Errorf("after %v the kernel shows client %v, server %v; the lesson expects %s",
+		awaitTimeout, e.Client, e.Server, want)
 }
 
 func is(e End, want sockdiag.State) bool {
