@@ -109,12 +109,9 @@ func runClientRole(args []string, stdout, stderr io.Writer) error {
 	if err := lab.ParseFlags(fs, args); err != nil {
 		return err
 	}
-	addr, err := lab.ParseAddrPort("addr", *addrFlag)
+	addr, err := lab.ParseDialAddr("addr", *addrFlag)
 	if err != nil {
 		return err
-	}
-	if addr.Port() == 0 {
-		return lab.Usagef("-addr %v: a client needs the server's port, not 0", addr)
 	}
 	if *count < 1 || *count > maxClients {
 		return lab.Usagef("-n %d: want 1 to %d connections", *count, maxClients)

@@ -33,7 +33,7 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{[]string{"server", "-addr", "127.0.0.1"}, "missing port"},
 		{[]string{"server", "-backlog", "-1"}, "-backlog -1"},
 		{[]string{"client", "-n", "0"}, "-n 0"},
-		{[]string{"client", "-addr", "127.0.0.1:0"}, "needs the server's port"},
+		{[]string{"client", "-addr", "127.0.0.1:0"}, "give the server's port"},
 		{[]string{"nosuchpart"}, `unknown part or role "nosuchpart"`},
 		{[]string{"backlog", "-bogus"}, "flag provided but not defined"},
 	} {

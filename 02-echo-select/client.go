@@ -34,12 +34,9 @@ func runClientRole(args []string, stdout, stderr io.Writer) error {
 	if err := lab.ParseFlags(fs, args); err != nil {
 		return err
 	}
-	addr, err := lab.ParseAddrPort("addr", *addrFlag)
+	addr, err := lab.ParseDialAddr("addr", *addrFlag)
 	if err != nil {
 		return err
-	}
-	if addr.Port() == 0 {
-		return lab.Usagef("-addr %v: port 0 cannot be connected to; give the server's port", addr)
 	}
 	n := lab.Quiet()
 	if *trace {

@@ -84,12 +84,9 @@ func runClient(args []string, stdout, stderr io.Writer) error {
 	if err := lab.ParseFlags(fs, args); err != nil {
 		return err
 	}
-	addr, err := lab.ParseAddrPort("addr", *addrFlag)
+	addr, err := lab.ParseDialAddr("addr", *addrFlag)
 	if err != nil {
 		return err
-	}
-	if addr.Port() == 0 {
-		return lab.Usagef("-addr %v: a client needs the server's port, not 0", addr)
 	}
 	if *count < 1 {
 		return lab.Usagef("-count %d: want 1 or more", *count)

@@ -163,7 +163,7 @@ func loadRole(args []string, stdout, stderr io.Writer) error {
 	if err := lab.ParseFlags(fs, args); err != nil {
 		return err
 	}
-	ap, err := lab.ParseAddrPort("addr", *addr)
+	ap, err := lab.ParseDialAddr("addr", *addr)
 	if err != nil {
 		return err
 	}

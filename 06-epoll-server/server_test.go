@@ -551,6 +551,7 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{"load", "-conns", "0"},
 		{"load", "-size", "0"},
 		{"load", "-duration", "0s"},
+		{"load", "-addr", "127.0.0.1:0"},
 		{"nosuchpart"},
 	} {
 		_, stderr, code := labtest.RunProgram(t, nil, args...)

@@ -393,6 +393,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"send", "-file", "x", "-buf", "0"},
 		{"send", "-file", "x", "-addr", "localhost:1"},
 		{"send", "-file", "x", "-offset", "-5"},
+		{"send", "-file", "x", "-addr", "127.0.0.1:0"},
 		{"recv", "-method", "mmap"},
 		{"recv", "-n", "0"},
 		{"send", "-bogus"},

@@ -44,7 +44,7 @@ func roleSend(args []string, stdout, stderr io.Writer) error {
 	case *length < -1:
 		return lab.Usagef("-length %d: want ≥ 0, or -1 for the rest of the file", *length)
 	}
-	addr, err := lab.ParseAddrPort("addr", *addrFlag)
+	addr, err := lab.ParseDialAddr("addr", *addrFlag)
 	if err != nil {
 		return err
 	}

@@ -183,3 +183,14 @@ func TestPoll(t *testing.T) {
 	assert.False(t, lab.Poll(30*time.Millisecond, func() bool { return false }))
 	assert.GreaterOrEqual(t, time.Since(start), 30*time.Millisecond)
 }
+
+// A client's address needs a port: 0 is "any" to bind but names no server to connect to.
+func TestParseDialAddrRefusesPortZero(t *testing.T) {
+	_, err := lab.ParseDialAddr("addr", "127.0.0.1:0")
+	var usage *lab.UsageError
+	require.ErrorAs(t, err, &usage)
+	assert.Contains(t, err.Error(), "give the server's port")
+	addr, err := lab.ParseDialAddr("addr", "127.0.0.1:9000")
+	require.NoError(t, err)
+	assert.Equal(t, uint16(9000), addr.Port())
+}

@@ -202,6 +202,16 @@ func ParseFlags(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
+// ParseDialAddr is ParseAddrPort for an address a client connects to: port 0 means "any port"
+// to bind(2) but names no server to connect(2) to, so it is a usage error.
+func ParseDialAddr(flagName, s string) (netip.AddrPort, error) {
+	addr, err := ParseAddrPort(flagName, s)
+	if err == nil && addr.Port() == 0 {
+		return netip.AddrPort{}, Usagef("-%s %v: port 0 cannot be connected to; give the server's port", flagName, addr)
+	}
+	return addr, err
+}
+
 // ParseAddrPort parses "127.0.0.1:9000" or "[::1]:9000" for a -addr flag, as a UsageError with
 // a hint when it is malformed.
 func ParseAddrPort(flagName, s string) (netip.AddrPort, error) {
