@@ -63,6 +63,10 @@ func (c commonFlags) resolve() (resolved, error) {
 // given to IP_ADD_MEMBERSHIP fails with EINVAL, and as a destination it would be unicast.
 func parseGroup(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
+	if ap, perr := netip.ParseAddrPort(s); err != nil && perr == nil {
+		return netip.Addr{}, lab.Usagef("-group %q: give the group alone and its port with -port (-group %s -port %d)",
+			s, ap.Addr(), ap.Port())
+	}
 	if err != nil || !a.Is4() {
 		return netip.Addr{}, lab.Usagef("-group %q: not an IPv4 address (want 224.0.0.0/4, e.g. %s)", s, defaultGroup)
 	}

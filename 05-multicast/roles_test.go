@@ -34,6 +34,7 @@ func TestBadArgumentsExitTwo(t *testing.T) {
 		{[]string{"send", "-group", "192.0.2.1"}, "not a multicast address"},
 		{[]string{"recv", "-group", "ff02::1"}, "not an IPv4 address"},
 		{[]string{"send", "-group", "all-hosts"}, "not an IPv4 address"},
+		{[]string{"recv", "-group", "239.1.1.1:5000"}, "-group 239.1.1.1 -port 5000"},
 		{[]string{"recv", "-port", "0"}, "out of range"},
 		{[]string{"send", "-port", "70000"}, "out of range"},
 		{[]string{"recv", "-iface", "nosuch0"}, "no such interface"},
