@@ -233,7 +233,9 @@ func stepLiveConnection(n *lab.Narrator, oldReuse, newReuse bool) (sockdiag.Sock
 	if err != nil {
 		return live, l, err
 	}
-	n.Kernel(sockdiag.Filter{Port: l.Addr.Port()})
+	// Only the connection's two ESTABLISHED ends: a TIME_WAIT left by an earlier step whose
+	// peer happened to use this port number would match the port too, and is not the lesson.
+	n.Kernel(sockdiag.Filter{Port: l.Addr.Port(), States: []sockdiag.State{sockdiag.Established}})
 	again := openListener(n, l.Addr, newReuse, false)
 	if again.OK() {
 		closeFD(n, again.FD)
