@@ -166,6 +166,56 @@ func counters(names ...string) map[string]int64 {
 	return m
 }
 
+// floodCount is what the kernel made of a flood: how many forged SYNs were sent, how many
+// requests the listener keeps in SYN_RECV, and how each TcpExt counter moved.
+type floodCount struct {
+	Sent, HalfOpen int
+	before, delta  map[string]int64
+}
+
+// floodListener sets sysctls in the calling thread's (fresh) namespace, opens a listener with
+// backlog, sends count forged SYNs to it, and waits until every one is accounted for: kept as
+// a half-open request, or counted in one of the TcpExt counters named in accountedBy. names
+// are all the counters the caller reads (accountedBy among them).
+func floodListener(n *lab.Narrator, sysctls [][2]string, backlog, count int, names, accountedBy []string) (*queueLab, floodCount, error) {
+	for _, kv := range sysctls {
+		if err := setSysctl(n, kv[0], kv[1]); err != nil {
+			return nil, floodCount{}, err
+		}
+	}
+	if err := floodNetwork(n); err != nil {
+		return nil, floodCount{}, err
+	}
+	q, err := openListener(n, netip.AddrPortFrom(floodServer, 0), backlog)
+	if err != nil {
+		return nil, floodCount{}, err
+	}
+	c := floodCount{before: counters(names...)}
+	if c.Sent, err = sendFlood(n, q.Addr, count); err != nil {
+		q.Close()
+		return nil, c, err
+	}
+	var last string
+	if !lab.Poll(shortWait, func() bool {
+		now := counters(names...)
+		c.delta = map[string]int64{}
+		for _, name := range names {
+			c.delta[name] = now[name] - c.before[name]
+		}
+		c.HalfOpen, _ = halfOpenCount(q.Addr)
+		total := int64(c.HalfOpen)
+		for _, name := range accountedBy {
+			total += c.delta[name]
+		}
+		last = fmt.Sprintf("%d half-open, counters %v", c.HalfOpen, c.delta)
+		return total >= int64(c.Sent)
+	}) {
+		q.Close()
+		return nil, c, fmt.Errorf("the flood was not fully accounted for within %v: %s", shortWait, last)
+	}
+	return q, c, nil
+}
+
 // synFlood floods a listener with forged SYNs in a fresh namespace where
 // net.ipv4.tcp_syncookies is set to syncookies, then lets a legitimate client connect. With
 // waitFailure and no cookies it waits for that client to give up (TCP_SYNCNT=1: about 3 s).
@@ -173,35 +223,18 @@ func synFlood(n *lab.Narrator, syncookies string, count int, waitFailure bool) (
 	f := floodFacts{Syncookies: syncookies}
 	n.Step("tcp_syncookies=%s: %d forged SYNs, then a legitimate client", syncookies, count)
 	err := inFreshHost(n, "synflood", func() error {
-		if err := setSysctl(n, "net.ipv4.tcp_syncookies", syncookies); err != nil {
-			return err
-		}
-		if err := floodNetwork(n); err != nil {
-			return err
-		}
-		q, err := openListener(n, netip.AddrPortFrom(floodServer, 0), floodBacklog)
+		// Every forged SYN ends up counted somewhere: as a half-open request, as dropped
+		// because the SYN queue was full, or as answered with a cookie.
+		names := []string{"TCPReqQFullDrop", "SyncookiesSent", "TCPReqQFullDoCookies"}
+		q, c, err := floodListener(n, [][2]string{{"net.ipv4.tcp_syncookies", syncookies}},
+			floodBacklog, count, names, []string{"TCPReqQFullDrop", "SyncookiesSent"})
 		if err != nil {
 			return err
 		}
 		defer q.Close()
-		names := []string{"TCPReqQFullDrop", "SyncookiesSent", "TCPReqQFullDoCookies"}
-		before := counters(names...)
-		if f.Sent, err = sendFlood(n, q.Addr, count); err != nil {
-			return err
-		}
-		// Every forged SYN ends up counted somewhere: as a half-open request, as dropped
-		// because the SYN queue was full, or as answered with a cookie.
-		var last string
-		if !lab.Poll(shortWait, func() bool {
-			now := counters(names...)
-			f.HalfOpen, _ = halfOpenCount(q.Addr)
-			f.QueueFullDrops = now["TCPReqQFullDrop"] - before["TCPReqQFullDrop"]
-			f.CookiesSent = now["SyncookiesSent"] - before["SyncookiesSent"]
-			last = fmt.Sprintf("%d half-open, %d dropped, %d cookies", f.HalfOpen, f.QueueFullDrops, f.CookiesSent)
-			return int64(f.HalfOpen)+f.QueueFullDrops+f.CookiesSent >= int64(f.Sent)
-		}) {
-			return fmt.Errorf("the flood was not fully accounted for within %v: %s", shortWait, last)
-		}
+		before := c.before
+		f.Sent, f.HalfOpen = c.Sent, c.HalfOpen
+		f.QueueFullDrops, f.CookiesSent = c.delta["TCPReqQFullDrop"], c.delta["SyncookiesSent"]
 		n.Result("%d half-open (SYN_RECV); TCPReqQFullDrop +%d, SyncookiesSent +%d",
 			f.HalfOpen, f.QueueFullDrops, f.CookiesSent)
 		n.Kernel(sockdiag.Filter{Port: q.Addr.Port()})
@@ -360,41 +393,19 @@ func maxSynBacklogFlood(n *lab.Narrator, maxSynBacklog, count int, table bool) (
 	n.Step("tcp_max_syn_backlog=%d, no cookies: %d forged SYNs to listen(fd, %d)",
 		maxSynBacklog, count, synBacklogListen)
 	err := inFreshHost(n, "synbacklog", func() error {
-		for _, kv := range [][2]string{
+		// Every forged SYN ends up either as a half-open request or as a drop the kernel
+		// counted (tcp_listendrop counts each drop on this path as ListenDrops).
+		q, c, err := floodListener(n, [][2]string{
 			{"net.ipv4.tcp_syncookies", "0"},
 			{"net.ipv4.tcp_max_syn_backlog", fmt.Sprint(maxSynBacklog)},
-		} {
-			if err := setSysctl(n, kv[0], kv[1]); err != nil {
-				return err
-			}
-		}
-		if err := floodNetwork(n); err != nil {
-			return err
-		}
-		q, err := openListener(n, netip.AddrPortFrom(floodServer, 0), synBacklogListen)
+		}, synBacklogListen, count, []string{"ListenDrops", "TCPReqQFullDrop", "ListenOverflows"},
+			[]string{"ListenDrops"})
 		if err != nil {
 			return err
 		}
 		defer q.Close()
-		names := []string{"ListenDrops", "TCPReqQFullDrop", "ListenOverflows"}
-		before := counters(names...)
-		if f.Sent, err = sendFlood(n, q.Addr, count); err != nil {
-			return err
-		}
-		// Every forged SYN ends up either as a half-open request or as a drop the kernel
-		// counted (tcp_listendrop counts each drop on this path as ListenDrops).
-		var last string
-		if !lab.Poll(shortWait, func() bool {
-			now := counters(names...)
-			f.HalfOpen, _ = halfOpenCount(q.Addr)
-			f.ListenDrops = now["ListenDrops"] - before["ListenDrops"]
-			f.QueueFullDrops = now["TCPReqQFullDrop"] - before["TCPReqQFullDrop"]
-			f.Overflows = now["ListenOverflows"] - before["ListenOverflows"]
-			last = fmt.Sprintf("%d half-open, %d dropped", f.HalfOpen, f.ListenDrops)
-			return int64(f.HalfOpen)+f.ListenDrops >= int64(f.Sent)
-		}) {
-			return fmt.Errorf("the flood was not fully accounted for within %v: %s", shortWait, last)
-		}
+		f.Sent, f.HalfOpen = c.Sent, c.HalfOpen
+		f.ListenDrops, f.QueueFullDrops, f.Overflows = c.delta["ListenDrops"], c.delta["TCPReqQFullDrop"], c.delta["ListenOverflows"]
 		n.Result("%d half-open (SYN_RECV), %d dropped", f.HalfOpen, f.ListenDrops)
 		n.Result("TcpExt ListenDrops +%d, TCPReqQFullDrop +%d, ListenOverflows +%d",
 			f.ListenDrops, f.QueueFullDrops, f.Overflows)
