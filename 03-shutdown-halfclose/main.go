@@ -1065,14 +1065,12 @@ func finTimeout(d *lab.Demo, seconds int) (r FinTimeout, err error) {
 
 	d.Step("wait for the kernel to drop the orphan")
 	deadline := time.Duration(seconds)*time.Second + awaitTimeout
-	for time.Since(start) < deadline {
-		if e, err = c.ends(); err != nil {
-			return r, err
-		}
-		if !e.Client.Found {
-			break
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval; the kernel decides
+	lab.Poll(deadline-time.Since(start), func() bool {
+		e, err = c.ends()
+		return err != nil || !e.Client.Found
+	})
+	if err != nil {
+		return r, err
 	}
 	r.OrphanLived = time.Since(start)
 	r.ServerAfter = e.Server
