@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"socklab/internal/labtest"
 )
 
@@ -148,6 +150,7 @@ func envInt(name string, def int) int {
 type measurement struct {
 	perSecond, p50, p99 float64
 	cpuPerMillion       float64 // server CPU seconds (user+system) per million round trips
+	switchesPerRT       float64 // server context switches (voluntary + involuntary) per round trip
 }
 
 func median(ms []measurement) measurement {
@@ -167,6 +170,7 @@ func median(ms []measurement) measurement {
 		p50:           pick(func(m measurement) float64 { return m.p50 }),
 		p99:           pick(func(m measurement) float64 { return m.p99 }),
 		cpuPerMillion: pick(func(m measurement) float64 { return m.cpuPerMillion }),
+		switchesPerRT: pick(func(m measurement) float64 { return m.switchesPerRT }),
 	}
 }
 
@@ -185,9 +189,9 @@ func measure(b *testing.B, server, serverCPU, clientCPU string, conns, size, sec
 	defer p.stop(b, syscall.SIGTERM)
 	cmd := pinned(clientCPU, labtest.ProgramCommand("load", "-addr", p.addr.String(), "-conns", strconv.Itoa(conns),
 		"-size", strconv.Itoa(size), "-duration", fmt.Sprintf("%ds", seconds), "-json"))
-	before := cpuSeconds(b, p.cmd.Process.Pid)
+	before, switchesBefore := cpuSeconds(b, p.cmd.Process.Pid), contextSwitches(p.cmd.Process.Pid)
 	out, err := cmd.Output()
-	after := cpuSeconds(b, p.cmd.Process.Pid)
+	after, switchesAfter := cpuSeconds(b, p.cmd.Process.Pid), contextSwitches(p.cmd.Process.Pid)
 	if err != nil {
 		b.Fatalf("load against %s: %v", server, err)
 	}
@@ -199,7 +203,28 @@ func measure(b *testing.B, server, serverCPU, clientCPU string, conns, size, sec
 		b.Fatalf("load against %s: %v", server, res)
 	}
 	return measurement{perSecond: res.PerSecond, p50: res.P50us, p99: res.P99us,
-		cpuPerMillion: (after - before) / float64(res.RoundTrips) * 1e6}
+		cpuPerMillion: (after - before) / float64(res.RoundTrips) * 1e6,
+		switchesPerRT: float64(switchesAfter-switchesBefore) / float64(res.RoundTrips)}
+}
+
+// contextSwitches is the kernel's count of context switches of every thread of pid
+// (voluntary_ctxt_switches + nonvoluntary_ctxt_switches in /proc/PID/task/TID/status).
+func contextSwitches(pid int) int {
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	total := 0
+	for _, t := range tasks {
+		raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()))
+		for _, line := range strings.Split(string(raw), "\n") {
+			if rest, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+				n, _ := strconv.Atoi(strings.TrimSpace(rest))
+				total += n
+			} else if rest, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
+				n, _ := strconv.Atoi(strings.TrimSpace(rest))
+				total += n
+			}
+		}
+	}
+	return total
 }
 
 // cpuSeconds is utime+stime of every thread of pid, from /proc/PID/stat (clock ticks of 10 ms).
@@ -341,4 +366,87 @@ func BenchmarkWorkerPool(b *testing.B) {
 	}
 	b.Log(t.String())
 	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkSchedulerHandoff shows why the server role gives Go a second P when it is pinned to
+// one CPU (roles.go): with GOMAXPROCS=1 the runtime takes the event loop's P away whenever
+// epoll_wait blocks for more than 20 µs and wakes another thread to hold it. It matters most
+// when server and load share one core, where the loop blocks whenever the load runs. Same
+// loads as BenchmarkVersusStdlib's 50-connection and shared-core rows; the context switches
+// are the kernel's count for every thread of the server.
+//
+//	go test -run '^$' -bench SchedulerHandoff -benchtime 1x -v ./06-epoll-server/
+func BenchmarkSchedulerHandoff(b *testing.B) {
+	rounds := envInt("SOCKLAB_BENCH_ROUNDS", 3)
+	seconds := envInt("SOCKLAB_BENCH_SECONDS", 1)
+	serverCPU, clientCPU := "1", "0"
+	if runtime.NumCPU() < 2 {
+		serverCPU = "0"
+	}
+	type key struct{ gomaxprocs, placement string }
+	settings := []string{"", "1"} // the role's choice (2 when pinned), then GOMAXPROCS=1
+	placements := map[string]string{"own core": serverCPU, "shared core": clientCPU}
+	samples := map[key][]measurement{}
+	for range b.N {
+		for round := range rounds {
+			for _, placement := range []string{"own core", "shared core"} {
+				for i := range settings {
+					g := settings[(i+round)%len(settings)]
+					if g == "" {
+						os.Unsetenv("GOMAXPROCS")
+					} else {
+						b.Setenv("GOMAXPROCS", g) // restored when the benchmark ends
+					}
+					m := measure(b, "epoll", placements[placement], clientCPU, 50, 64, seconds)
+					samples[key{g, placement}] = append(samples[key{g, placement}], m)
+				}
+			}
+		}
+	}
+	var t strings.Builder
+	fmt.Fprintf(&t, "\n50 conns × 64 B, %d rounds × %d s, medians; load on CPU %s, server on CPU %s (own core) or %s (shared core)\n\n",
+		rounds, seconds, clientCPU, serverCPU, clientCPU)
+	fmt.Fprintln(&t, "| server | GOMAXPROCS | rt/s | server CPU s/M rt | context switches per rt |")
+	fmt.Fprintln(&t, "|---|---|---:|---:|---:|")
+	for _, placement := range []string{"own core", "shared core"} {
+		for _, g := range settings {
+			m := median(samples[key{g, placement}])
+			label := g
+			if g == "" {
+				label = "2 (the role's default when pinned)"
+			}
+			fmt.Fprintf(&t, "| %s | %s | %.0f | %.2f | %.3f |\n", placement, label, m.perSecond, m.cpuPerMillion, m.switchesPerRT)
+		}
+	}
+	b.Log(t.String())
+	shared1, shared2 := median(samples[key{"1", "shared core"}]), median(samples[key{"", "shared core"}])
+	b.ReportMetric(shared2.perSecond/shared1.perSecond, "shared-core-rt/s-2P/1P")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkReadEntry measures what RawSyscall saves per call (server.go, readNonblocking):
+// read(2) on an empty non-blocking socket, which returns EAGAIN at once, entered through
+// unix.Read (Syscall: the scheduler is told the thread may block) and through RawSyscall.
+//
+//	go test -run '^$' -bench ReadEntry ./06-epoll-server/
+func BenchmarkReadEntry(b *testing.B) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	buf := make([]byte, 64)
+	for _, entry := range []struct {
+		name string
+		read func(int, []byte) (int, error)
+	}{{"Syscall", unix.Read}, {"RawSyscall", readNonblocking}} {
+		b.Run(entry.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := entry.read(fds[0], buf); err != unix.EAGAIN {
+					b.Fatalf("read on an empty socket: %v, want EAGAIN", err)
+				}
+			}
+		})
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -49,6 +50,16 @@ func serverRole(args []string, stdout, stderr io.Writer) error {
 	cfg := ServerConfig{Addr: ap, EdgeTriggered: *et, Workers: *workers, Work: *work,
 		ChunkSize: *chunk, Backlog: *backlog, NoFile: *nofile}
 	n := lab.NewNarrator(stdout, false)
+	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < 2 {
+		// Pinned to one CPU (taskset), Go starts with one P. The event loop blocks in
+		// epoll_wait through Syscall, and with no idle P the runtime's sysmon takes the P
+		// from a thread that has spent 20 µs in a system call and may wake another thread
+		// to hold it (retake and handoffp in runtime/proc.go); with a second P idle it
+		// leaves the P alone for 10 ms. BenchmarkSchedulerHandoff measures it: about 6 %
+		// more round trips when server and load share one core. GOMAXPROCS=1 in the
+		// environment keeps one P, to compare.
+		runtime.GOMAXPROCS(2)
+	}
 	s, err := Listen(cfg, n)
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -78,6 +79,7 @@ type sample struct {
 	// on the sender's CPU (/proc/stat, in any context — the sender's, idle's, ksoftirqd's) and
 	// RPS IPIs that woke the receiver's CPU (/proc/net/softnet_stat).
 	sendCPUSoftirq, rpsIPIs float64
+	sendHrtimers            float64 // HRTIMER softirqs on the sender's CPU (/proc/softirqs): pacing timers
 }
 
 // route is how a benchmark's bytes travel: over loopback or over a veth wire.
@@ -115,14 +117,36 @@ func routes(b *testing.B) []route {
 	return rs
 }
 
-// onRoutes runs f as one sub-benchmark per route.
-func onRoutes(b *testing.B, f func(b *testing.B, dial dialFunc)) {
+// congestionControls are the TCP congestion controls the sender is measured with, each a
+// sub-benchmark under its route: CUBIC (Linux's default algorithm) and the namespace's
+// default if that differs (a new namespace inherits the host's: BBR on this course's VM), or
+// the comma-separated list in SOCKLAB_BENCH_CC. BBR paces its segments with a timer, and on
+// loopback that costs the sender more than the copies zero-copy saves (docs/07, "The
+// numbers").
+func congestionControls(b *testing.B) []string {
+	if v := os.Getenv("SOCKLAB_BENCH_CC"); v != "" {
+		return strings.Split(v, ",")
+	}
+	ccs := []string{"cubic"}
+	if raw, err := os.ReadFile("/proc/sys/net/ipv4/tcp_congestion_control"); err == nil {
+		if def := strings.TrimSpace(string(raw)); def != "" && def != "cubic" {
+			ccs = append(ccs, def)
+		}
+	}
+	return ccs
+}
+
+// onRoutes runs f as one sub-benchmark per route and congestion control ("loopback/cubic").
+func onRoutes(b *testing.B, f func(b *testing.B, dial dialFunc, cc string)) {
+	ccs := congestionControls(b)
 	for _, r := range routes(b) {
 		b.Run(r.name, func(b *testing.B) {
 			if r.skip != "" {
 				b.Skip(r.skip)
 			}
-			f(b, r.dial)
+			for _, cc := range ccs {
+				b.Run(cc, func(b *testing.B) { f(b, r.dial, cc) })
+			}
 		})
 	}
 }
@@ -146,6 +170,7 @@ func measureOnce(b *testing.B, dial dialFunc, so SendOptions, ro RecvOptions) sa
 	if before.ok && after.ok {
 		s.sendCPUSoftirq = (after.sendSoftirq - before.sendSoftirq) / gib
 		s.rpsIPIs = float64(after.recvIPIs-before.recvIPIs) / gib
+		s.sendHrtimers = float64(after.sendHrtimers-before.sendHrtimers) / gib
 	}
 	return s
 }
@@ -163,16 +188,17 @@ func median(xs []float64) float64 {
 }
 
 func report(b *testing.B, samples []sample) {
-	var mb, sc, rc, sq, ipi []float64
+	var mb, sc, rc, sq, ipi, hr []float64
 	for _, s := range samples {
 		mb, sc, rc = append(mb, s.mbps), append(sc, s.sendCPU), append(rc, s.recCPU)
-		sq, ipi = append(sq, s.sendCPUSoftirq), append(ipi, s.rpsIPIs)
+		sq, ipi, hr = append(sq, s.sendCPUSoftirq), append(ipi, s.rpsIPIs), append(hr, s.sendHrtimers)
 	}
 	b.ReportMetric(median(mb), "MB/s-median")
 	b.ReportMetric(median(sc), "send-cpu-s/GiB")
 	b.ReportMetric(median(rc), "recv-cpu-s/GiB")
 	b.ReportMetric(median(sq), "send-core-softirq-s/GiB")
 	b.ReportMetric(median(ipi), "rps-ipi/GiB")
+	b.ReportMetric(median(hr), "send-core-hrtimer-softirqs/GiB")
 	b.ReportMetric(0, "ns/op") // wall time per op is in MB/s; ns/op of a 512 MiB op is noise
 }
 
@@ -181,11 +207,11 @@ func report(b *testing.B, samples []sample) {
 func BenchmarkSendMethods(b *testing.B) {
 	path, size := benchFile(b)
 	sendCPU, recvCPU := cores()
-	onRoutes(b, func(b *testing.B, dial dialFunc) {
+	onRoutes(b, func(b *testing.B, dial dialFunc, cc string) {
 		for _, m := range Methods {
 			b.Run(string(m), func(b *testing.B) {
 				b.SetBytes(size)
-				so := SendOptions{Method: m, Path: path, Length: -1, Buf: 64 << 10, CPU: sendCPU}
+				so := SendOptions{Method: m, Path: path, Length: -1, Buf: 64 << 10, CPU: sendCPU, Congestion: cc}
 				var samples []sample
 				for b.Loop() {
 					samples = append(samples, measureOnce(b, dial, so, benchRecv(recvCPU)))
@@ -195,7 +221,7 @@ func BenchmarkSendMethods(b *testing.B) {
 		}
 		b.Run("splice-1MiB-pipe", func(b *testing.B) {
 			b.SetBytes(size)
-			so := SendOptions{Method: Splice, Pipe: 1 << 20, Path: path, Length: -1, CPU: sendCPU}
+			so := SendOptions{Method: Splice, Pipe: 1 << 20, Path: path, Length: -1, CPU: sendCPU, Congestion: cc}
 			var samples []sample
 			for b.Loop() {
 				samples = append(samples, measureOnce(b, dial, so, benchRecv(recvCPU)))
@@ -210,14 +236,14 @@ func BenchmarkSendMethods(b *testing.B) {
 func BenchmarkReceive(b *testing.B) {
 	path, size := benchFile(b)
 	sendCPU, recvCPU := cores()
-	onRoutes(b, func(b *testing.B, dial dialFunc) {
+	onRoutes(b, func(b *testing.B, dial dialFunc, cc string) {
 		for _, ro := range []RecvOptions{
 			{Method: RecvRead, Buf: 64 << 10, NoHash: true, CPU: recvCPU},
 			{Method: RecvSplice, CPU: recvCPU},
 		} {
 			b.Run(ro.Method, func(b *testing.B) {
 				b.SetBytes(size)
-				so := SendOptions{Method: Sendfile, Path: path, Length: -1, CPU: sendCPU}
+				so := SendOptions{Method: Sendfile, Path: path, Length: -1, CPU: sendCPU, Congestion: cc}
 				var samples []sample
 				for b.Loop() {
 					samples = append(samples, measureOnce(b, dial, so, ro))
@@ -236,34 +262,44 @@ func BenchmarkReceive(b *testing.B) {
 func BenchmarkTargetRatios(b *testing.B) {
 	path, size := benchFile(b)
 	sendCPU, recvCPU := cores()
-	onRoutes(b, func(b *testing.B, dial dialFunc) {
-		compared := []Method{ReadWrite, Sendfile, Splice, IOCopy}
-		got := map[Method][]sample{}
+	onRoutes(b, func(b *testing.B, dial dialFunc, cc string) {
+		type config struct {
+			name string
+			so   SendOptions
+		}
+		base := SendOptions{Path: path, Length: -1, Buf: 64 << 10, CPU: sendCPU, Congestion: cc}
+		with := func(m Method, pipe int) SendOptions { so := base; so.Method, so.Pipe = m, pipe; return so }
+		compared := []config{
+			{"readwrite", with(ReadWrite, 0)},
+			{"sendfile", with(Sendfile, 0)},
+			{"splice", with(Splice, 0)},          // the default 64 KiB pipe
+			{"splice-1MiB", with(Splice, 1<<20)}, // F_SETPIPE_SZ: 16 times fewer splice calls
+			{"iocopy", with(IOCopy, 0)},
+		}
+		got := map[string][]sample{}
 		b.SetBytes(size * int64(len(compared)))
 		for b.Loop() {
-			for _, m := range compared {
-				so := SendOptions{Method: m, Path: path, Length: -1, Buf: 64 << 10, CPU: sendCPU}
-				got[m] = append(got[m], measureOnce(b, dial, so, benchRecv(recvCPU)))
+			for _, c := range compared {
+				got[c.name] = append(got[c.name], measureOnce(b, dial, c.so, benchRecv(recvCPU)))
 			}
 		}
-		med := func(m Method, f func(sample) float64) float64 {
+		med := func(name string, f func(sample) float64) float64 {
 			var xs []float64
-			for _, s := range got[m] {
+			for _, s := range got[name] {
 				xs = append(xs, f(s))
 			}
 			return median(xs)
 		}
 		cpu := func(s sample) float64 { return s.sendCPU }
 		thr := func(s sample) float64 { return s.mbps }
-		b.ReportMetric(med(ReadWrite, thr), "readwrite-MB/s")
-		b.ReportMetric(med(Sendfile, thr), "sendfile-MB/s")
-		b.ReportMetric(med(Splice, thr), "splice-MB/s")
-		b.ReportMetric(med(ReadWrite, cpu), "readwrite-send-cpu-s/GiB")
-		b.ReportMetric(med(Sendfile, cpu), "sendfile-send-cpu-s/GiB")
-		b.ReportMetric(med(Splice, cpu), "splice-send-cpu-s/GiB")
-		b.ReportMetric(med(Sendfile, cpu)/med(ReadWrite, cpu), "sendfile/readwrite-cpu")
-		b.ReportMetric(med(Splice, cpu)/med(ReadWrite, cpu), "splice/readwrite-cpu")
-		b.ReportMetric(med(Sendfile, thr)/med(IOCopy, thr), "sendfile/iocopy-MB/s")
+		for _, name := range []string{"readwrite", "sendfile", "splice", "splice-1MiB"} {
+			b.ReportMetric(med(name, thr), name+"-MB/s")
+			b.ReportMetric(med(name, cpu), name+"-send-cpu-s/GiB")
+		}
+		for _, name := range []string{"sendfile", "splice", "splice-1MiB"} {
+			b.ReportMetric(med(name, cpu)/med("readwrite", cpu), name+"/readwrite-cpu")
+		}
+		b.ReportMetric(med("sendfile", thr)/med("iocopy", thr), "sendfile/iocopy-MB/s")
 		b.ReportMetric(0, "ns/op")
 	})
 }

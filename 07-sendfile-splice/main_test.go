@@ -120,6 +120,31 @@ func TestSendfileTakesFarFewerCallsThanReadWrite(t *testing.T) {
 	assert.Equal(t, int64(sf.Calls.Count("sendfile")+1), sf.IO.SyscW, "sendfile counts as a write too, plus the header")
 }
 
+// The sender chooses its congestion control per socket (setsockopt TCP_CONGESTION, tcp(7)),
+// and the kernel reports back the one the socket used: the namespace's default without a
+// choice, Reno (built into every kernel, and permitted to everyone) when asked. A name the
+// kernel does not have is refused with ENOENT, which send reports in one line with a hint.
+func TestSenderChoosesItsCongestionControl(t *testing.T) {
+	t.Parallel()
+	raw, err := os.ReadFile("/proc/sys/net/ipv4/tcp_congestion_control")
+	require.NoError(t, err)
+	plain := sendOnce(t, 1<<20, SendOptions{Method: Sendfile}, readRecv).Send
+	assert.Equal(t, strings.TrimSpace(string(raw)), plain.Congestion, "no choice: the namespace's default")
+	assert.Zero(t, plain.Calls.Count("setsockopt"))
+
+	reno := sendOnce(t, 1<<20, SendOptions{Method: Sendfile, Congestion: "reno"}, readRecv).Send
+	assert.Equal(t, "reno", reno.Congestion, "getsockopt(TCP_CONGESTION) after the send")
+	assert.Equal(t, 1, reno.Calls.Count("setsockopt"))
+
+	path := filepath.Join(t.TempDir(), "f.bin")
+	require.NoError(t, os.WriteFile(path, []byte("x"), 0o644))
+	_, addr := labtest.Listen(t, labtest.Loopback4, 4)
+	_, stderr, code := labtest.RunProgram(t, nil, "send", "-addr", addr.String(), "-file", path, "-cc", "no-such-algorithm")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "not in this kernel (hint:")
+	assert.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "\n")+1, "one line: %q", stderr)
+}
+
 // The zero-copy methods never copy file bytes into the program's memory. The kernel's task
 // I/O accounting shows it: splice leaves rchar at zero; sendfile and io.Copy raise rchar only
 // through sendfile itself (syscr equals the sendfile calls, with no read(2) beside them);

@@ -26,6 +26,7 @@ func roleSend(args []string, stdout, stderr io.Writer) error {
 	offset := fs.Int64("offset", 0, "first byte of the file to send")
 	length := fs.Int64("length", -1, "bytes to send (-1 = to the end)")
 	nonblock := fs.Bool("nonblock", false, "O_NONBLOCK socket: loop on EAGAIN with poll(2)")
+	cc := fs.String("cc", "", "TCP congestion control for the socket, e.g. cubic or bbr (\"\" = the system's default)")
 	if err := lab.ParseFlags(fs, args); err != nil {
 		return err
 	}
@@ -69,7 +70,7 @@ func roleSend(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("connect %v: %w", addr, err)
 	}
 	rep, err := Send(fd, SendOptions{Method: m, Path: *path, Offset: *offset, Length: *length,
-		Buf: *buf, Pipe: *pipe, NonBlock: *nonblock, CPU: -1})
+		Buf: *buf, Pipe: *pipe, NonBlock: *nonblock, CPU: -1, Congestion: *cc})
 	if rep != nil {
 		rep.Calls.print(n)
 		printSendSummary(n, rep)
@@ -116,6 +117,9 @@ func printSendSummary(n *lab.Narrator, r *SendReport) {
 	n.Result("file bytes through our memory: %d (kernel rchar %s)", r.UserBytes, ioText(r.IO.RChar, r.IOOK))
 	if r.PipeSize > 0 {
 		n.Result("pipe size (F_GETPIPE_SZ): %d", r.PipeSize)
+	}
+	if r.Congestion != "" {
+		n.Result("congestion control (getsockopt TCP_CONGESTION): %s", r.Congestion)
 	}
 }
 

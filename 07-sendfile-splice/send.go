@@ -65,6 +65,11 @@ type SendOptions struct {
 	Pipe     int   // splice: pipe size to request with F_SETPIPE_SZ; 0 keeps the default
 	NonBlock bool  // make the socket O_NONBLOCK: calls return EAGAIN and the loop polls
 	CPU      int   // pin the sending thread to this CPU; -1 leaves it free
+	// Congestion, when set, is the TCP congestion control to use (setsockopt
+	// TCP_CONGESTION, tcp(7)); "" keeps the namespace's default. It changes what the sender
+	// pays per segment: BBR paces every segment with a timer, CUBIC and Reno do not
+	// (docs/07-sendfile-splice.md, "The numbers").
+	Congestion string
 
 	started func(tid int) // tests: called on the sending thread before the first call
 }
@@ -83,8 +88,11 @@ type SendReport struct {
 	IO        KernelIO // kernel task I/O accounting of the sending thread (see KernelIO)
 	IOOK      bool     // false when /proc/thread-self/io was unreadable
 	PipeSize  int      // splice: the pipe size the kernel granted (F_GETPIPE_SZ)
-	FileSize  int64    // st_size
-	DiskBytes int64    // st_blocks × 512: what the file really occupies (sparse files: little)
+	// Congestion is the congestion control the kernel used for the socket
+	// (getsockopt TCP_CONGESTION after the send).
+	Congestion string
+	FileSize   int64 // st_size
+	DiskBytes  int64 // st_blocks × 512: what the file really occupies (sparse files: little)
 }
 
 // errFileShrank marks a file that got shorter while it was being sent.
@@ -156,6 +164,14 @@ func Send(sock int, o SendOptions) (*SendReport, error) {
 	s := &sender{o: o, sock: sock, file: file, off: o.Offset, end: o.Offset + length,
 		want: length, header: makeHeader(length), log: newCallLog()}
 	r := &SendReport{Method: o.Method, Want: length, FileSize: st.Size, DiskBytes: st.Blocks * 512, Calls: s.log}
+	if o.Congestion != "" {
+		err := unix.SetsockoptString(sock, unix.IPPROTO_TCP, unix.TCP_CONGESTION, o.Congestion)
+		s.log.add("setsockopt", 0, err, "setsockopt(%d, IPPROTO_TCP, TCP_CONGESTION, %q)", sock, o.Congestion)
+		if err != nil {
+			return nil, congestionError(o.Congestion, err)
+		}
+	}
+	defer func() { r.Congestion, _ = unix.GetsockoptString(sock, unix.IPPROTO_TCP, unix.TCP_CONGESTION) }()
 
 	onOwnThread(o.CPU, func(pinned bool) {
 		if o.started != nil {
@@ -539,3 +555,15 @@ func (s *sender) shrank(what string) error {
 }
 
 func (m Method) String() string { return string(m) }
+
+// congestionError explains why setsockopt(TCP_CONGESTION) refused name (tcp(7)): ENOENT, no
+// such algorithm in this kernel; EPERM, an algorithm an unprivileged process may not choose.
+func congestionError(name string, err error) error {
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return fmt.Errorf("congestion control %q: not in this kernel (hint: see /proc/sys/net/ipv4/tcp_available_congestion_control)", name)
+	case errors.Is(err, unix.EPERM):
+		return fmt.Errorf("congestion control %q: not permitted (hint: unprivileged processes may choose only those in /proc/sys/net/ipv4/tcp_allowed_congestion_control; the lab's private namespace may choose any)", name)
+	}
+	return fmt.Errorf("setsockopt(TCP_CONGESTION, %q): %w", name, err)
+}

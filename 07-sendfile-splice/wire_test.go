@@ -262,12 +262,29 @@ func softirqSeconds(cpu int) (float64, error) {
 	return 0, fmt.Errorf("/proc/stat: no %s line", name)
 }
 
-// cpuCounters is what the kernel says two CPUs did during a transfer: softirq time on the
-// sender's CPU and RPS IPIs received by the receiver's.
+// hrtimerSoftirqs is how many HRTIMER softirqs cpu has run since boot (/proc/softirqs): the
+// high-resolution timers TCP arms when it paces its own segments (BBR without the fq qdisc).
+func hrtimerSoftirqs(cpu int) (uint64, error) {
+	b, err := os.ReadFile("/proc/softirqs")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > cpu+1 && f[0] == "HRTIMER:" {
+			return strconv.ParseUint(f[cpu+1], 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("/proc/softirqs: no HRTIMER line for CPU %d", cpu)
+}
+
+// cpuCounters is what the kernel says two CPUs did during a transfer: softirq time and
+// HRTIMER softirqs on the sender's CPU, and RPS IPIs received by the receiver's.
 type cpuCounters struct {
-	sendSoftirq float64 // seconds
-	recvIPIs    uint64
-	ok          bool
+	sendSoftirq  float64 // seconds
+	sendHrtimers uint64
+	recvIPIs     uint64
+	ok           bool
 }
 
 func readCPUCounters(sendCPU, recvCPU int) cpuCounters {
@@ -276,5 +293,6 @@ func readCPUCounters(sendCPU, recvCPU int) cpuCounters {
 	}
 	sq, err1 := softirqSeconds(sendCPU)
 	_, rps, err2 := softnetCounts()
-	return cpuCounters{sendSoftirq: sq, recvIPIs: rps[recvCPU], ok: err1 == nil && err2 == nil}
+	hr, err3 := hrtimerSoftirqs(sendCPU)
+	return cpuCounters{sendSoftirq: sq, sendHrtimers: hr, recvIPIs: rps[recvCPU], ok: err1 == nil && err2 == nil && err3 == nil}
 }
