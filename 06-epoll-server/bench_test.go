@@ -368,37 +368,42 @@ func BenchmarkWorkerPool(b *testing.B) {
 	b.ReportMetric(0, "ns/op")
 }
 
-// BenchmarkSchedulerHandoff shows why the server role gives Go a second P when it is pinned to
-// one CPU (roles.go): with GOMAXPROCS=1 the runtime takes the event loop's P away whenever
-// epoll_wait blocks for more than 20 µs and wakes another thread to hold it. It matters most
-// when server and load share one core, where the loop blocks whenever the load runs. Same
-// loads as BenchmarkVersusStdlib's 50-connection and shared-core rows; the context switches
-// are the kernel's count for every thread of the server.
+// BenchmarkServerVariants measures the two ways the epoll server enters the kernel that are
+// not the lesson but cost CPU: read and sendmsg through RawSyscall (the default) or Go's
+// Syscall (-gosyscall), and a second P when pinned to one CPU (the role's default, roles.go
+// secondP) or GOMAXPROCS=1. Each variant serves 50 connections × 64 B, on its own core and on
+// the load's core; rounds rotate the order. Context switches are the kernel's count for every
+// thread of the server (voluntary + involuntary, /proc/PID/task/*/status).
 //
-//	go test -run '^$' -bench SchedulerHandoff -benchtime 1x -v ./06-epoll-server/
-func BenchmarkSchedulerHandoff(b *testing.B) {
+//	go test -run '^$' -bench ServerVariants -benchtime 1x -v ./06-epoll-server/
+func BenchmarkServerVariants(b *testing.B) {
 	rounds := envInt("SOCKLAB_BENCH_ROUNDS", 3)
 	seconds := envInt("SOCKLAB_BENCH_SECONDS", 1)
 	serverCPU, clientCPU := "1", "0"
 	if runtime.NumCPU() < 2 {
 		serverCPU = "0"
 	}
-	type key struct{ gomaxprocs, placement string }
-	settings := []string{"", "1"} // the role's choice (2 when pinned), then GOMAXPROCS=1
-	placements := map[string]string{"own core": serverCPU, "shared core": clientCPU}
+	type variant struct {
+		name, gomaxprocs string // "" = the role's choice (2 when pinned)
+		flags            []string
+	}
+	variants := []variant{
+		{"RawSyscall, 2 Ps (default)", "", nil},
+		{"RawSyscall, GOMAXPROCS=1", "1", nil},
+		{"Syscall (-gosyscall), 2 Ps", "", []string{"-gosyscall"}},
+		{"Syscall (-gosyscall), GOMAXPROCS=1", "1", []string{"-gosyscall"}},
+	}
+	placements := []struct{ name, cpu string }{{"own core", serverCPU}, {"shared core", clientCPU}}
+	type key struct{ variant, placement string }
 	samples := map[key][]measurement{}
 	for range b.N {
 		for round := range rounds {
-			for _, placement := range []string{"own core", "shared core"} {
-				for i := range settings {
-					g := settings[(i+round)%len(settings)]
-					if g == "" {
-						os.Unsetenv("GOMAXPROCS")
-					} else {
-						b.Setenv("GOMAXPROCS", g) // restored when the benchmark ends
-					}
-					m := measure(b, "epoll", placements[placement], clientCPU, 50, 64, seconds)
-					samples[key{g, placement}] = append(samples[key{g, placement}], m)
+			for _, pl := range placements {
+				for i := range variants {
+					v := variants[(i+round)%len(variants)]
+					b.Setenv("GOMAXPROCS", v.gomaxprocs) // "" counts as unset; restored when b ends
+					m := measure(b, "epoll", pl.cpu, clientCPU, 50, 64, seconds, v.flags...)
+					samples[key{v.name, pl.name}] = append(samples[key{v.name, pl.name}], m)
 				}
 			}
 		}
@@ -406,21 +411,19 @@ func BenchmarkSchedulerHandoff(b *testing.B) {
 	var t strings.Builder
 	fmt.Fprintf(&t, "\n50 conns × 64 B, %d rounds × %d s, medians; load on CPU %s, server on CPU %s (own core) or %s (shared core)\n\n",
 		rounds, seconds, clientCPU, serverCPU, clientCPU)
-	fmt.Fprintln(&t, "| server | GOMAXPROCS | rt/s | server CPU s/M rt | context switches per rt |")
+	fmt.Fprintln(&t, "| server | variant | rt/s | server CPU s/M rt | context switches per rt |")
 	fmt.Fprintln(&t, "|---|---|---:|---:|---:|")
-	for _, placement := range []string{"own core", "shared core"} {
-		for _, g := range settings {
-			m := median(samples[key{g, placement}])
-			label := g
-			if g == "" {
-				label = "2 (the role's default when pinned)"
-			}
-			fmt.Fprintf(&t, "| %s | %s | %.0f | %.2f | %.3f |\n", placement, label, m.perSecond, m.cpuPerMillion, m.switchesPerRT)
+	for _, pl := range placements {
+		for _, v := range variants {
+			m := median(samples[key{v.name, pl.name}])
+			fmt.Fprintf(&t, "| %s | %s | %.0f | %.2f | %.3f |\n", pl.name, v.name, m.perSecond, m.cpuPerMillion, m.switchesPerRT)
 		}
 	}
 	b.Log(t.String())
-	shared1, shared2 := median(samples[key{"1", "shared core"}]), median(samples[key{"", "shared core"}])
-	b.ReportMetric(shared2.perSecond/shared1.perSecond, "shared-core-rt/s-2P/1P")
+	own := func(v int) measurement { return median(samples[key{variants[v].name, "own core"}]) }
+	shared := func(v int) measurement { return median(samples[key{variants[v].name, "shared core"}]) }
+	b.ReportMetric(own(0).cpuPerMillion/own(2).cpuPerMillion, "own-core-cpu-raw/syscall")
+	b.ReportMetric(shared(0).perSecond/shared(1).perSecond, "shared-core-rt/s-2P/1P")
 	b.ReportMetric(0, "ns/op")
 }
 

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"socklab/internal/lab"
 )
 
@@ -27,6 +29,7 @@ func serverRole(args []string, stdout, stderr io.Writer) error {
 	chunk := fs.Int("chunk", DefaultChunk, "bytes per read = most output pending per connection (backpressure bound)")
 	backlog := fs.Int("backlog", 4096, "listen(2) backlog")
 	nofile := fs.Int("nofile", 0, "lower the soft RLIMIT_NOFILE to this first (shows EMFILE handling)")
+	goSyscall := fs.Bool("gosyscall", false, "enter read and sendmsg through Go's Syscall, as unix.Read does (slower; to compare)")
 	trace := fs.Bool("trace", false, "print every epoll_wait result and system call on connections (slow)")
 	if err := lab.ParseFlags(fs, args); err != nil {
 		return err
@@ -48,18 +51,9 @@ func serverRole(args []string, stdout, stderr io.Writer) error {
 		return lab.Usagef("-nofile %d: want 16 to 1048576 (the server itself needs about 10 fds)", *nofile)
 	}
 	cfg := ServerConfig{Addr: ap, EdgeTriggered: *et, Workers: *workers, Work: *work,
-		ChunkSize: *chunk, Backlog: *backlog, NoFile: *nofile}
+		ChunkSize: *chunk, Backlog: *backlog, NoFile: *nofile, GoSyscall: *goSyscall}
 	n := lab.NewNarrator(stdout, false)
-	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < 2 {
-		// Pinned to one CPU (taskset), Go starts with one P. The event loop blocks in
-		// epoll_wait through Syscall, and with no idle P the runtime's sysmon takes the P
-		// from a thread that has spent 20 µs in a system call and may wake another thread
-		// to hold it (retake and handoffp in runtime/proc.go); with a second P idle it
-		// leaves the P alone for 10 ms. BenchmarkSchedulerHandoff measures it: about 6 %
-		// more round trips when server and load share one core. GOMAXPROCS=1 in the
-		// environment keeps one P, to compare.
-		runtime.GOMAXPROCS(2)
-	}
+	secondP(n)
 	s, err := Listen(cfg, n)
 	if err != nil {
 		return err
@@ -208,4 +202,23 @@ func loadRole(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintln(stdout, res)
 	return nil
+}
+
+// secondP gives the Go runtime a second P when the process may run on one CPU only (taskset
+// -c N, or a 1-CPU machine) and GOMAXPROCS is not set, and says so. Go then starts with one
+// P. The epoll server's loop blocks in epoll_wait through Syscall, and with no idle P the
+// runtime's sysmon takes the P from a thread that has spent 20 µs in a system call and may
+// wake another thread to hold it (retake and handoffp in runtime/proc.go); with a second P
+// idle it leaves the P alone for 10 ms. BenchmarkServerVariants measures it. The stdserver
+// role keeps Go's default: a second P made the goroutine-per-connection server slower, not
+// faster (docs/06-epoll-server.md, "Results"). Setting GOMAXPROCS (even to 1) keeps the
+// runtime's own choice; calling runtime.GOMAXPROCS also stops the runtime from following
+// later changes of a cgroup CPU limit, which is why it happens only when pinned.
+func secondP(n *lab.Narrator) {
+	var cpus unix.CPUSet
+	if os.Getenv("GOMAXPROCS") != "" || unix.SchedGetaffinity(0, &cpus) != nil || cpus.Count() != 1 || runtime.GOMAXPROCS(0) >= 2 {
+		return
+	}
+	runtime.GOMAXPROCS(2)
+	n.Say("runnable on one CPU: GOMAXPROCS 1 -> 2, so a thread blocked in epoll_wait keeps its P (GOMAXPROCS=1 in the environment to compare)")
 }

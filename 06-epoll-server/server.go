@@ -35,6 +35,9 @@ type ServerConfig struct {
 	Backlog int
 	// NoFile, when > 0, lowers the soft RLIMIT_NOFILE first (to show EMFILE handling).
 	NoFile int
+	// GoSyscall enters read and sendmsg on connections through Go's Syscall, as unix.Read
+	// does, instead of RawSyscall (readNonblocking): the slower way, kept to compare.
+	GoSyscall bool
 }
 
 // DefaultChunk is the default read size and per-connection output bound.
@@ -451,7 +454,7 @@ func (s *Server) serveConn(c *conn, events uint32, buf []byte) (open, wantOut bo
 		// edge-triggered mode no new report would come for it).
 	}
 	for {
-		n, err := readNonblocking(c.fd, buf)
+		n, err := s.read(c.fd, buf)
 		if s.trace != nil {
 			s.trace.Sys(n, err, "read(%d, ..., %d)", c.fd, len(buf))
 		}
@@ -486,7 +489,7 @@ const sendFlags = unix.MSG_NOSIGNAL
 // send writes p, keeping what the kernel will not take yet in c.out.
 func (s *Server) send(c *conn, p []byte) (open, pending bool) {
 	for len(p) > 0 {
-		n, err := sendmsgNonblocking(c.fd, p, sendFlags)
+		n, err := s.sendmsg(c.fd, p, sendFlags)
 		if s.trace != nil {
 			s.trace.Sys(n, err, "sendmsg(%d, ..., %d bytes, MSG_NOSIGNAL)", c.fd, len(p))
 		}
@@ -636,24 +639,44 @@ func openFlags(f int) string {
 	return strings.Join(names, "|")
 }
 
+// read and sendmsg are the connection I/O: readNonblocking and sendmsgNonblocking, or with
+// -gosyscall the x/sys calls that go through Syscall.
+func (s *Server) read(fd int, p []byte) (int, error) {
+	if s.cfg.GoSyscall {
+		return unix.Read(fd, p)
+	}
+	return readNonblocking(fd, p)
+}
+
+func (s *Server) sendmsg(fd int, p []byte, flags int) (int, error) {
+	if s.cfg.GoSyscall {
+		return unix.SendmsgN(fd, p, nil, nil, flags)
+	}
+	return sendmsgNonblocking(fd, p, flags)
+}
+
 // readNonblocking is read(2) on a non-blocking socket, and sendmsgNonblocking is
 // sendmsg(2) of one buffer: the same system calls as unix.Read and unix.SendmsgN, entered
 // with RawSyscall instead of Syscall. Syscall first tells Go's scheduler that the thread may
 // block (entersyscall, then exitsyscall on return) so that the runtime can hand this
 // thread's P to another thread meanwhile. On a non-blocking socket neither call waits for
-// the network (EAGAIN instead), so that bookkeeping buys nothing: it costs about 65 ns a call
-// on this course's VM (BenchmarkReadEntry), two calls per echoed message. epoll_wait, which
-// does block, keeps Syscall. The unsafe.Pointer conversions sit in the call expression,
-// where the compiler keeps the buffer alive for the call (package unsafe, rule 4).
+// the network (EAGAIN instead); it may only sleep briefly on the socket's lock or for
+// memory, and for that the bookkeeping is not worth its cost: about 65 ns a call on this
+// course's VM (BenchmarkReadEntry), two calls per echoed message. epoll_wait, which does
+// block, keeps Syscall. The unsafe.Pointer conversions sit in the call expression, where the
+// compiler keeps the buffer alive for the call (package unsafe, rule 4). Unlike unix.Read,
+// RawSyscall tells the race detector nothing, so raceWrote and raceRead do (race.go).
 func readNonblocking(fd int, p []byte) (int, error) {
 	n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
 	if errno != 0 {
 		return -1, errno // as unix.Read and unix.SendmsgN report a failed call
 	}
+	raceWrote(p[:n])
 	return int(n), nil
 }
 
 func sendmsgNonblocking(fd int, p []byte, flags int) (int, error) {
+	raceRead(p)
 	iov := unix.Iovec{Base: unsafe.SliceData(p)}
 	iov.SetLen(len(p))
 	msg := unix.Msghdr{Iov: &iov, Iovlen: 1}

@@ -125,7 +125,7 @@ func routes(b *testing.B) []route {
 // numbers").
 func congestionControls(b *testing.B) []string {
 	if v := os.Getenv("SOCKLAB_BENCH_CC"); v != "" {
-		return strings.Split(v, ",")
+		return strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' })
 	}
 	ccs := []string{"cubic"}
 	if raw, err := os.ReadFile("/proc/sys/net/ipv4/tcp_congestion_control"); err == nil {

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -269,13 +270,16 @@ func hrtimerSoftirqs(cpu int) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
+	lines := strings.Split(string(b), "\n")
+	// The header names the columns (CPU0 CPU1 ...); a CPU that is offline has none.
+	column := slices.Index(strings.Fields(lines[0]), "CPU"+strconv.Itoa(cpu))
+	for _, line := range lines[1:] {
 		f := strings.Fields(line)
-		if len(f) > cpu+1 && f[0] == "HRTIMER:" {
-			return strconv.ParseUint(f[cpu+1], 10, 64)
+		if column >= 0 && len(f) > column+1 && f[0] == "HRTIMER:" {
+			return strconv.ParseUint(f[column+1], 10, 64)
 		}
 	}
-	return 0, fmt.Errorf("/proc/softirqs: no HRTIMER line for CPU %d", cpu)
+	return 0, fmt.Errorf("/proc/softirqs: no HRTIMER count for CPU %d", cpu)
 }
 
 // cpuCounters is what the kernel says two CPUs did during a transfer: softirq time and
