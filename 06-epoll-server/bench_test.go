@@ -211,20 +211,12 @@ func measure(b *testing.B, server, serverCPU, clientCPU string, conns, size, sec
 // (voluntary_ctxt_switches + nonvoluntary_ctxt_switches in /proc/PID/task/TID/status).
 func contextSwitches(pid int) int {
 	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
-	total := 0
+	total := 0.0
 	for _, t := range tasks {
-		raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()))
-		for _, line := range strings.Split(string(raw), "\n") {
-			if rest, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
-				n, _ := strconv.Atoi(strings.TrimSpace(rest))
-				total += n
-			} else if rest, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
-				n, _ := strconv.Atoi(strings.TrimSpace(rest))
-				total += n
-			}
-		}
+		status := fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name())
+		total += statusField(status, "voluntary_ctxt_switches") + statusField(status, "nonvoluntary_ctxt_switches")
 	}
-	return total
+	return int(total)
 }
 
 // cpuSeconds is utime+stime of every thread of pid, from /proc/PID/stat (clock ticks of 10 ms).
@@ -243,11 +235,19 @@ func cpuSeconds(b *testing.B, pid int) float64 {
 
 // procStatus reads one "Name: value kB" field of /proc/PID/status.
 func procStatus(pid int, field string) float64 {
-	raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	return statusField(fmt.Sprintf("/proc/%d/status", pid), field)
+}
+
+// statusField reads the number of one "Name: value [kB]" line of a /proc status file (0 when
+// it is missing).
+func statusField(path, field string) float64 {
+	raw, _ := os.ReadFile(path)
 	for _, line := range strings.Split(string(raw), "\n") {
 		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			v, _ := strconv.ParseFloat(strings.Fields(rest)[0], 64)
-			return v
+			if f := strings.Fields(rest); len(f) > 0 {
+				v, _ := strconv.ParseFloat(f[0], 64)
+				return v
+			}
 		}
 	}
 	return 0
