@@ -368,10 +368,12 @@ func BenchmarkWorkerPool(b *testing.B) {
 	b.ReportMetric(0, "ns/op")
 }
 
-// BenchmarkServerVariants measures the two ways the epoll server enters the kernel that are
-// not the lesson but cost CPU: read and sendmsg through RawSyscall (the default) or Go's
-// Syscall (-gosyscall), and a second P when pinned to one CPU (the role's default, roles.go
-// secondP) or GOMAXPROCS=1. Each variant serves 50 connections × 64 B, on its own core and on
+// BenchmarkServerVariants measures the three ways the Go program runs its event loop that
+// are not the lesson but cost CPU: read and sendmsg through RawSyscall (the default) or Go's
+// Syscall (-gosyscall); a second P when pinned to one CPU (the role's default, roles.go
+// secondP) or GOMAXPROCS=1; and a yield to Go's scheduler every 4 ms (the default,
+// server.go yieldIfDue) or none (-noyield). The last variant is the server as first written,
+// with none of the three. Each variant serves 50 connections × 64 B, on its own core and on
 // the load's core; rounds rotate the order. Context switches are the kernel's count for every
 // thread of the server (voluntary + involuntary, /proc/PID/task/*/status).
 //
@@ -388,10 +390,11 @@ func BenchmarkServerVariants(b *testing.B) {
 		flags            []string
 	}
 	variants := []variant{
-		{"RawSyscall, 2 Ps (default)", "", nil},
-		{"RawSyscall, GOMAXPROCS=1", "1", nil},
-		{"Syscall (-gosyscall), 2 Ps", "", []string{"-gosyscall"}},
-		{"Syscall (-gosyscall), GOMAXPROCS=1", "1", []string{"-gosyscall"}},
+		{"default: RawSyscall, 2 Ps, yields", "", nil},
+		{"-noyield", "", []string{"-noyield"}},
+		{"GOMAXPROCS=1", "1", nil},
+		{"-gosyscall", "", []string{"-gosyscall"}},
+		{"first version: -gosyscall -noyield GOMAXPROCS=1", "1", []string{"-gosyscall", "-noyield"}},
 	}
 	placements := []struct{ name, cpu string }{{"own core", serverCPU}, {"shared core", clientCPU}}
 	type key struct{ variant, placement string }
@@ -422,8 +425,9 @@ func BenchmarkServerVariants(b *testing.B) {
 	b.Log(t.String())
 	own := func(v int) measurement { return median(samples[key{variants[v].name, "own core"}]) }
 	shared := func(v int) measurement { return median(samples[key{variants[v].name, "shared core"}]) }
-	b.ReportMetric(own(0).cpuPerMillion/own(2).cpuPerMillion, "own-core-cpu-raw/syscall")
-	b.ReportMetric(shared(0).perSecond/shared(1).perSecond, "shared-core-rt/s-2P/1P")
+	b.ReportMetric(own(0).cpuPerMillion/own(1).cpuPerMillion, "own-core-cpu-yield/noyield")
+	b.ReportMetric(own(0).cpuPerMillion/own(4).cpuPerMillion, "own-core-cpu-default/first")
+	b.ReportMetric(shared(0).perSecond/shared(4).perSecond, "shared-core-rt/s-default/first")
 	b.ReportMetric(0, "ns/op")
 }
 

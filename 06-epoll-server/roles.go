@@ -30,6 +30,7 @@ func serverRole(args []string, stdout, stderr io.Writer) error {
 	backlog := fs.Int("backlog", 4096, "listen(2) backlog")
 	nofile := fs.Int("nofile", 0, "lower the soft RLIMIT_NOFILE to this first (shows EMFILE handling)")
 	goSyscall := fs.Bool("gosyscall", false, "enter read and sendmsg through Go's Syscall, as unix.Read does (slower; to compare)")
+	noYield := fs.Bool("noyield", false, "never yield the event loop to Go's scheduler (slower: sysmon preempts it; to compare)")
 	trace := fs.Bool("trace", false, "print every epoll_wait result and system call on connections (slow)")
 	if err := lab.ParseFlags(fs, args); err != nil {
 		return err
@@ -51,7 +52,7 @@ func serverRole(args []string, stdout, stderr io.Writer) error {
 		return lab.Usagef("-nofile %d: want 16 to 1048576 (the server itself needs about 10 fds)", *nofile)
 	}
 	cfg := ServerConfig{Addr: ap, EdgeTriggered: *et, Workers: *workers, Work: *work,
-		ChunkSize: *chunk, Backlog: *backlog, NoFile: *nofile, GoSyscall: *goSyscall}
+		ChunkSize: *chunk, Backlog: *backlog, NoFile: *nofile, GoSyscall: *goSyscall, NoYield: *noYield}
 	n := lab.NewNarrator(stdout, false)
 	secondP(n)
 	s, err := Listen(cfg, n)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,6 +39,9 @@ type ServerConfig struct {
 	// GoSyscall enters read and sendmsg on connections through Go's Syscall, as unix.Read
 	// does, instead of RawSyscall (readNonblocking): the slower way, kept to compare.
 	GoSyscall bool
+	// NoYield keeps the event loop from yielding to Go's scheduler every yieldEvery (see
+	// yieldIfDue): the slower way, kept to compare.
+	NoYield bool
 }
 
 // DefaultChunk is the default read size and per-connection output bound.
@@ -248,6 +252,7 @@ func (s *Server) loop() error {
 	if s.cfg.Workers == 0 {
 		buf = make([]byte, s.cfg.ChunkSize) // inline mode: one read buffer for every connection
 	}
+	lastYield := time.Now()
 	for {
 		n, err := unix.EpollWait(s.epfd, events, -1)
 		if err == unix.EINTR {
@@ -262,6 +267,9 @@ func (s *Server) loop() error {
 			return fmt.Errorf("epoll_wait: %w", err)
 		}
 		s.Stats.Wakeups.Add(1)
+		if !s.cfg.NoYield {
+			lastYield = yieldIfDue(lastYield)
+		}
 		if s.trace != nil {
 			s.trace.Sys(n, nil, "epoll_wait(%d, %s, %d, -1)", s.epfd, EventsString(events[:n]), len(events))
 		}
@@ -287,6 +295,30 @@ func (s *Server) loop() error {
 			}
 		}
 	}
+}
+
+// yieldEvery is how often the event loop yields to Go's scheduler: well under the 10 ms after
+// which the runtime preempts a goroutine (forcePreemptNS in runtime/proc.go).
+const yieldEvery = 4 * time.Millisecond
+
+// yieldIfDue calls runtime.Gosched when yieldEvery has passed since last, and returns the
+// time of the latest yield. Why: the event loop never parks in Go's scheduler (it waits in
+// epoll_wait, a system call), so its P's scheduling tick never changes. The runtime's monitor
+// thread, sysmon, takes a goroutine that has held one tick for 10 ms for a CPU hog: it
+// preempts it (a SIGURG if it runs Go code) or takes its P (if it is in a system call), and
+// each time it does, sysmon resets its own sleep from 10 ms to 20 µs and wakes about 50 times
+// in the next millisecond (sysmon and retake in runtime/proc.go). On this course's VM that
+// was about 1 100 sysmon wake-ups and 55 SIGURGs a second under load (counted with perf
+// stat); yielding every 4 ms leaves about 125 and none, for about 300 more futex calls a second
+// (Gosched wakes an idle thread to look for work: wakep).
+// BenchmarkServerVariants measures it (-noyield to compare).
+func yieldIfDue(last time.Time) time.Time {
+	now := time.Now()
+	if now.Sub(last) < yieldEvery {
+		return last
+	}
+	runtime.Gosched()
+	return now
 }
 
 func (s *Server) worker(id int) {
