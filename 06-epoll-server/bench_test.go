@@ -107,6 +107,8 @@ func BenchmarkVersusStdlib(b *testing.B) {
 	sharedRatio := es.perSecond / ss.perSecond
 	fmt.Fprintf(&t, "\nOne shared core (server and load both on CPU %s), 50 conns × 64 B: epoll %.0f rt/s, stdlib %.0f rt/s, ratio %.2f\n",
 		clientCPU, es.perSecond, ss.perSecond, sharedRatio)
+	fmt.Fprintf(&t, "  CPU s/M rt there: epoll server %.2f + its load %.2f, stdlib server %.2f + its load %.2f\n",
+		es.cpuPerMillion, es.loadCPUPerMillion, ss.cpuPerMillion, ss.loadCPUPerMillion)
 	em, sm := medianIdle(memory["epoll"]), medianIdle(memory["stdlib"])
 	memRatio := em.bytesPerConn / sm.bytesPerConn
 	fmt.Fprintf(&t, "%d idle connections: epoll %.0f B and %.2f fds per connection, stdlib %.0f B and %.2f fds per connection (RSS growth), ratio %.3f\n",
@@ -152,6 +154,7 @@ func envInt(name string, def int) int {
 type measurement struct {
 	perSecond, p50, p99 float64
 	cpuPerMillion       float64 // server CPU seconds (user+system) per million round trips
+	loadCPUPerMillion   float64 // the load generator's CPU seconds per million round trips
 	switchesPerRT       float64 // server context switches (voluntary + involuntary) per round trip
 }
 
@@ -168,11 +171,12 @@ func median(ms []measurement) measurement {
 		return v[len(v)/2]
 	}
 	return measurement{
-		perSecond:     pick(func(m measurement) float64 { return m.perSecond }),
-		p50:           pick(func(m measurement) float64 { return m.p50 }),
-		p99:           pick(func(m measurement) float64 { return m.p99 }),
-		cpuPerMillion: pick(func(m measurement) float64 { return m.cpuPerMillion }),
-		switchesPerRT: pick(func(m measurement) float64 { return m.switchesPerRT }),
+		perSecond:         pick(func(m measurement) float64 { return m.perSecond }),
+		p50:               pick(func(m measurement) float64 { return m.p50 }),
+		p99:               pick(func(m measurement) float64 { return m.p99 }),
+		cpuPerMillion:     pick(func(m measurement) float64 { return m.cpuPerMillion }),
+		loadCPUPerMillion: pick(func(m measurement) float64 { return m.loadCPUPerMillion }),
+		switchesPerRT:     pick(func(m measurement) float64 { return m.switchesPerRT }),
 	}
 }
 
@@ -191,6 +195,9 @@ func measure(b *testing.B, server, serverCPU, clientCPU string, conns, size, sec
 	defer p.stop(b, syscall.SIGTERM)
 	cmd := pinned(clientCPU, labtest.ProgramCommand("load", "-addr", p.addr.String(), "-conns", strconv.Itoa(conns),
 		"-size", strconv.Itoa(size), "-duration", fmt.Sprintf("%ds", seconds), "-json"))
+	// The load generator keeps its own GOMAXPROCS choice whatever a variant sets for the
+	// server (the last entry wins; empty counts as unset).
+	cmd.Env = append(cmd.Env, "GOMAXPROCS=")
 	before, switchesBefore := cpuSeconds(b, p.cmd.Process.Pid), contextSwitches(p.cmd.Process.Pid)
 	out, err := cmd.Output()
 	after, switchesAfter := cpuSeconds(b, p.cmd.Process.Pid), contextSwitches(p.cmd.Process.Pid)
@@ -204,9 +211,11 @@ func measure(b *testing.B, server, serverCPU, clientCPU string, conns, size, sec
 	if res.Errors > 0 || res.RoundTrips == 0 {
 		b.Fatalf("load against %s: %v", server, res)
 	}
+	loadCPU := (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
 	return measurement{perSecond: res.PerSecond, p50: res.P50us, p99: res.P99us,
-		cpuPerMillion: (after - before) / float64(res.RoundTrips) * 1e6,
-		switchesPerRT: float64(switchesAfter-switchesBefore) / float64(res.RoundTrips)}
+		cpuPerMillion:     (after - before) / float64(res.RoundTrips) * 1e6,
+		loadCPUPerMillion: loadCPU / float64(res.RoundTrips) * 1e6,
+		switchesPerRT:     float64(switchesAfter-switchesBefore) / float64(res.RoundTrips)}
 }
 
 // contextSwitches is the kernel's count of context switches of every thread of pid
@@ -425,12 +434,12 @@ func BenchmarkServerVariants(b *testing.B) {
 	var t strings.Builder
 	fmt.Fprintf(&t, "\n50 conns, %d rounds × %d s, medians; load on CPU %s, server on CPU %s (own core) or %s (shared core)\n\n",
 		rounds, seconds, clientCPU, serverCPU, clientCPU)
-	fmt.Fprintln(&t, "| server | size | variant | rt/s | server CPU s/M rt | context switches per rt |")
-	fmt.Fprintln(&t, "|---|---:|---|---:|---:|---:|")
+	fmt.Fprintln(&t, "| server | size | variant | rt/s | server CPU s/M rt | context switches per rt | load CPU s/M rt |")
+	fmt.Fprintln(&t, "|---|---:|---|---:|---:|---:|---:|")
 	for _, pl := range placements {
 		for _, v := range variants {
 			m := median(samples[key{v.name, pl}])
-			fmt.Fprintf(&t, "| %s | %d B | %s | %.0f | %.2f | %.3f |\n", pl.name, pl.size, v.name, m.perSecond, m.cpuPerMillion, m.switchesPerRT)
+			fmt.Fprintf(&t, "| %s | %d B | %s | %.0f | %.2f | %.3f | %.2f |\n", pl.name, pl.size, v.name, m.perSecond, m.cpuPerMillion, m.switchesPerRT, m.loadCPUPerMillion)
 		}
 	}
 	b.Log(t.String())

@@ -150,6 +150,7 @@ func RunLoad(cfg LoadConfig) (LoadResult, error) {
 	events := make([]unix.EpollEvent, 256)
 	var elapsed time.Duration
 	var atDeadline int64
+	lastYield := start
 	for active > 0 {
 		timeout := 100 // wake now and then to notice the deadline even if nothing happens
 		graceOver := stopping
@@ -163,6 +164,11 @@ func RunLoad(cfg LoadConfig) (LoadResult, error) {
 		if err != nil {
 			return res, fmt.Errorf("epoll_wait: %w", err)
 		}
+		// The same loop as the server's, so the same reason to yield (server.go, yieldIfDue),
+		// and the role takes a second P when pinned for the same reason (roles.go, secondP):
+		// without both, the load generator spent its CPU on Go's sysmon and capped the rate
+		// that either server saw (docs/06-epoll-server.md, "Results").
+		lastYield = yieldIfDue(lastYield)
 		now := time.Now()
 		if !stopping && now.After(deadline) {
 			// The rate counts round trips completed by the deadline; messages in flight

@@ -181,6 +181,8 @@ func loadRole(args []string, stdout, stderr io.Writer) error {
 	case *duration <= 0:
 		return lab.Usagef("-duration %v: want a positive duration, e.g. 3s", *duration)
 	}
+	// On stderr: stdout carries the result (-json) or the "holding" line scripts wait for.
+	secondP(lab.NewNarrator(stderr, false))
 	cfg := LoadConfig{Addr: ap, Conns: *conns, Size: *size, Duration: *duration, Idle: *idle}
 	if *idle {
 		// Hold until the duration ends or a signal comes, whichever is first.
@@ -207,7 +209,8 @@ func loadRole(args []string, stdout, stderr io.Writer) error {
 
 // secondP gives the Go runtime a second P when the process may run on one CPU only (taskset
 // -c N, or a 1-CPU machine) and GOMAXPROCS is not set, and says so. Go then starts with one
-// P. The epoll server's loop blocks in epoll_wait through Syscall, and with no idle P the
+// P. The epoll server's loop (and the load generator's, which is built the same way and
+// gets the same treatment) blocks in epoll_wait through Syscall, and with no idle P the
 // runtime's sysmon takes the P from a thread that has spent 20 µs in a system call and may
 // wake another thread to hold it (retake and handoffp in runtime/proc.go); with a second P
 // idle it leaves the P alone for 10 ms. BenchmarkServerVariants measures it. The stdserver

@@ -305,9 +305,10 @@ const yieldEvery = 4 * time.Millisecond
 // time of the latest yield. Why: the event loop never parks in Go's scheduler (it waits in
 // epoll_wait, a system call), so its P's scheduling tick never changes. The runtime's monitor
 // thread, sysmon, takes a goroutine that has held one tick for 10 ms for a CPU hog: it
-// preempts it (a SIGURG if it runs Go code) or takes its P (if it is in a system call), and
-// each time it does, sysmon resets its own sleep from 10 ms to 20 µs and wakes about 50 times
-// in the next millisecond (sysmon and retake in runtime/proc.go). On this course's VM that
+// preempts it with a SIGURG if it runs Go code, or takes its P if it is in a system call
+// (the thread must then find a P again on return). Each time it takes a P, sysmon resets its
+// own sleep from 10 ms to 20 µs and wakes about 50 times in the next millisecond (sysmon
+// and retake in runtime/proc.go). On this course's VM that
 // was about 1 100 sysmon wake-ups and 55 SIGURGs a second under load (counted with perf
 // stat); yielding every 4 ms leaves about 125 and none, for about 300 more futex calls a second
 // (Gosched wakes an idle thread to look for work: wakep).
