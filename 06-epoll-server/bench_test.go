@@ -384,9 +384,10 @@ func BenchmarkWorkerPool(b *testing.B) {
 // Syscall (-gosyscall); a second P when pinned to one CPU (the role's default, roles.go
 // secondP) or GOMAXPROCS=1; and a yield to Go's scheduler every 4 ms (the default,
 // server.go yieldIfDue) or none (-noyield). The last variant is the server as first written,
-// with none of the three. Each variant serves 50 connections where the issue sets targets: 64 B
-// and 4 KiB on its own core, 64 B on the load's core; rounds rotate the order. Context switches are the kernel's count for every
-// thread of the server (voluntary + involuntary, /proc/PID/task/*/status).
+// with none of the three. Each variant serves 50 connections where the issue sets targets:
+// 64 B and 4 KiB on its own core, 64 B on the load's core; rounds rotate the order. Context
+// switches are the kernel's count for every thread of the server (voluntary + involuntary,
+// /proc/PID/task/*/status).
 //
 //	go test -run '^$' -bench ServerVariants -benchtime 1x -v ./06-epoll-server/
 func BenchmarkServerVariants(b *testing.B) {

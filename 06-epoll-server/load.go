@@ -164,12 +164,12 @@ func RunLoad(cfg LoadConfig) (LoadResult, error) {
 		if err != nil {
 			return res, fmt.Errorf("epoll_wait: %w", err)
 		}
+		now := time.Now()
 		// The same loop as the server's, so the same reason to yield (server.go, yieldIfDue),
 		// and the role takes a second P when pinned for the same reason (roles.go, secondP):
 		// without both, the load generator spent its CPU on Go's sysmon and capped the rate
 		// that either server saw (docs/06-epoll-server.md, "Results").
-		lastYield = yieldIfDue(lastYield)
-		now := time.Now()
+		lastYield = yieldIfDue(lastYield, now)
 		if !stopping && now.After(deadline) {
 			// The rate counts round trips completed by the deadline; messages in flight
 			// are still awaited (and checked), but no new ones are sent.

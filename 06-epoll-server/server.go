@@ -268,7 +268,7 @@ func (s *Server) loop() error {
 		}
 		s.Stats.Wakeups.Add(1)
 		if !s.cfg.NoYield {
-			lastYield = yieldIfDue(lastYield)
+			lastYield = yieldIfDue(lastYield, time.Now())
 		}
 		if s.trace != nil {
 			s.trace.Sys(n, nil, "epoll_wait(%d, %s, %d, -1)", s.epfd, EventsString(events[:n]), len(events))
@@ -301,8 +301,8 @@ func (s *Server) loop() error {
 // which the runtime preempts a goroutine (forcePreemptNS in runtime/proc.go).
 const yieldEvery = 4 * time.Millisecond
 
-// yieldIfDue calls runtime.Gosched when yieldEvery has passed since last, and returns the
-// time of the latest yield. Why: the event loop never parks in Go's scheduler (it waits in
+// yieldIfDue calls runtime.Gosched when yieldEvery has passed between last and now, and
+// returns the time of the latest yield. Why: the event loop never parks in Go's scheduler (it waits in
 // epoll_wait, a system call), so its P's scheduling tick never changes. The runtime's monitor
 // thread, sysmon, takes a goroutine that has held one tick for 10 ms for a CPU hog: it
 // preempts it with a SIGURG if it runs Go code, or takes its P if it is in a system call
@@ -313,8 +313,7 @@ const yieldEvery = 4 * time.Millisecond
 // stat); yielding every 4 ms leaves about 125 and none, for about 300 more futex calls a second
 // (Gosched wakes an idle thread to look for work: wakep).
 // BenchmarkServerVariants measures it (-noyield to compare).
-func yieldIfDue(last time.Time) time.Time {
-	now := time.Now()
+func yieldIfDue(last, now time.Time) time.Time {
 	if now.Sub(last) < yieldEvery {
 		return last
 	}

@@ -72,6 +72,8 @@ func TestManyClientsGetExactEchoes(t *testing.T) {
 		{"workers-ET", ServerConfig{Workers: 4, EdgeTriggered: true}},
 		{"workers-work", ServerConfig{Workers: 3, Work: 20 * time.Microsecond}},
 		{"small-chunks", ServerConfig{ChunkSize: 100}},
+		// The slower ways kept for BenchmarkServerVariants must echo as exactly.
+		{"inline-first-version", ServerConfig{GoSyscall: true, NoYield: true}},
 	}
 	for _, mode := range modes {
 		t.Run(mode.name, func(t *testing.T) {
