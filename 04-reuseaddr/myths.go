@@ -156,7 +156,9 @@ func stepMaxTwBuckets(n *lab.Narrator, closes int) (maxTwReport, error) {
 		}
 	}
 	n.Sys(0, nil, "%d × (connect, accept, server close, client close)", closes)
-	n.Kernel(sockdiag.Filter{Port: l.Addr.Port()})
+	// Sockets on the listener's own address only: the port bind(0) picked may be the peer
+	// port of a client-side TIME_WAIT left by part B, which is not this step's.
+	n.Kernel(sockdiag.Filter{Local: l.Addr})
 	n.Say("No TIME_WAIT: the kernel counted TcpExt:TCPTimeWaitOverflow %d → %d (nstat -az "+
 		"TcpExtTCPTimeWaitOverflow) and simply destroyed each socket.", before, after)
 	rep.Restart = openListener(n, l.Addr, false, false)
