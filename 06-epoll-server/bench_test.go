@@ -51,8 +51,12 @@ func BenchmarkVersusStdlib(b *testing.B) {
 		for round := range rounds {
 			for _, conns := range []int{1, 50, 1000} {
 				for _, size := range []int{64, 4096} {
-					for i := range servers {
-						srv := servers[(i+round)%2] // alternate who goes first
+					these := servers
+					if conns == 50 { // where the CPU target is: the splicing echo too
+						these = []string{"epoll", "stdlib", "epoll -splice"}
+					}
+					for i := range these {
+						srv := these[(i+round)%len(these)] // rotate who goes first
 						m := measure(b, srv, serverCPU, clientCPU, conns, size, seconds)
 						samples[key{srv, conns, size}] = append(samples[key{srv, conns, size}], m)
 					}
@@ -103,6 +107,14 @@ func BenchmarkVersusStdlib(b *testing.B) {
 	for _, r := range bars {
 		fmt.Fprintf(&t, "%s %s %.2f\n", r.label, bar(r.value, maxValue), r.value)
 	}
+	splice50 := map[int]float64{}
+	fmt.Fprintf(&t, "\nepoll -splice (echo by splice(2) through a pipe), 50 conns, against the same stdlib medians:\n")
+	for _, size := range []int{64, 4096} {
+		p, s := median(samples[key{"epoll -splice", 50, size}]), median(samples[key{"stdlib", 50, size}])
+		splice50[size] = p.cpuPerMillion / s.cpuPerMillion
+		fmt.Fprintf(&t, "  %4d B: %.0f rt/s, p50/p99 %.0f / %.0f µs, %.2f CPU s/M rt, CPU ratio %.2f (without -splice %.2f)\n",
+			size, p.perSecond, p.p50, p.p99, p.cpuPerMillion, splice50[size], cpuRatio50[size])
+	}
 	es, ss := median(shared["epoll"]), median(shared["stdlib"])
 	sharedRatio := es.perSecond / ss.perSecond
 	fmt.Fprintf(&t, "\nOne shared core (server and load both on CPU %s), 50 conns × 64 B: epoll %.0f rt/s, stdlib %.0f rt/s, ratio %.2f\n",
@@ -113,12 +125,13 @@ func BenchmarkVersusStdlib(b *testing.B) {
 	memRatio := em.bytesPerConn / sm.bytesPerConn
 	fmt.Fprintf(&t, "%d idle connections: epoll %.0f B and %.2f fds per connection, stdlib %.0f B and %.2f fds per connection (RSS growth), ratio %.3f\n",
 		idle, em.bytesPerConn, em.fdsPerConn, sm.bytesPerConn, sm.fdsPerConn, memRatio)
-	fmt.Fprintf(&t, "\nTargets: CPU/rt at 50 conns ≤ 0.85× → 64 B %.2f× (%s), 4 KiB %.2f× (%s); shared-core rt/s ≥ 1.1× → %.2f× (%s); idle memory ≤ 0.10× → %.3f× (%s)\n",
+	fmt.Fprintf(&t, "\nTargets: CPU/rt at 50 conns ≤ 0.85× → 64 B %.2f× (%s), 4 KiB %.2f× (%s; -splice %.2f×, %s); shared-core rt/s ≥ 1.1× → %.2f× (%s); idle memory ≤ 0.10× → %.3f× (%s)\n",
 		cpuRatio50[64], verdict(cpuRatio50[64] <= 0.85), cpuRatio50[4096], verdict(cpuRatio50[4096] <= 0.85),
-		sharedRatio, verdict(sharedRatio >= 1.1), memRatio, verdict(memRatio <= 0.10))
+		splice50[4096], verdict(splice50[4096] <= 0.85), sharedRatio, verdict(sharedRatio >= 1.1), memRatio, verdict(memRatio <= 0.10))
 	b.Log(t.String())
 	b.ReportMetric(cpuRatio50[64], "cpu-ratio-50conns-64B")
 	b.ReportMetric(cpuRatio50[4096], "cpu-ratio-50conns-4KiB")
+	b.ReportMetric(splice50[4096], "cpu-ratio-50conns-4KiB-splice")
 	b.ReportMetric(sharedRatio, "rt/s-ratio-shared-core")
 	b.ReportMetric(memRatio, "idle-mem-ratio")
 	b.ReportMetric(0, "ns/op")
@@ -184,8 +197,11 @@ func median(ms []measurement) measurement {
 // stdlib one.
 func startBenchServer(b *testing.B, server, cpu string, flags ...string) *serverProcess {
 	role := "server"
-	if server == "stdlib" {
+	switch server {
+	case "stdlib":
 		role = "stdserver"
+	case "epoll -splice":
+		flags = append([]string{"-splice"}, flags...)
 	}
 	return startProcess(b, cpu, append([]string{role, "-addr", "127.0.0.1:0"}, flags...)...)
 }
@@ -383,8 +399,9 @@ func BenchmarkWorkerPool(b *testing.B) {
 // are not the lesson but cost CPU: read and sendmsg through RawSyscall (the default) or Go's
 // Syscall (-gosyscall); a second P when pinned to one CPU (the role's default, roles.go
 // secondP) or GOMAXPROCS=1; and a yield to Go's scheduler every 4 ms (the default,
-// server.go yieldIfDue) or none (-noyield). The last variant is the server as first written,
-// with none of the three. Each variant serves 50 connections where the issue sets targets:
+// server.go yieldIfDue) or none (-noyield). One variant is the server as first written,
+// with none of the three; the last one echoes by splice(2) instead of read and sendmsg
+// (-splice): no copy of the bytes in or out of user space. Each variant serves 50 connections where the issue sets targets:
 // 64 B and 4 KiB on its own core, 64 B on the load's core; rounds rotate the order. Context
 // switches are the kernel's count for every thread of the server (voluntary + involuntary,
 // /proc/PID/task/*/status).
@@ -407,6 +424,7 @@ func BenchmarkServerVariants(b *testing.B) {
 		{"GOMAXPROCS=1", "1", nil},
 		{"-gosyscall", "", []string{"-gosyscall"}},
 		{"first version: -gosyscall -noyield GOMAXPROCS=1", "1", []string{"-gosyscall", "-noyield"}},
+		{"-splice", "", []string{"-splice"}},
 	}
 	// The two CPU targets are on the server's own core (64 B and 4 KiB), the throughput target on
 	// the load's core (64 B).
@@ -449,6 +467,7 @@ func BenchmarkServerVariants(b *testing.B) {
 	b.ReportMetric(at(0, own4K).cpuPerMillion/at(1, own4K).cpuPerMillion, "own-core-4KiB-cpu-yield/noyield")
 	b.ReportMetric(at(0, own4K).cpuPerMillion/at(4, own4K).cpuPerMillion, "own-core-4KiB-cpu-default/first")
 	b.ReportMetric(at(0, shared).perSecond/at(4, shared).perSecond, "shared-core-rt/s-default/first")
+	b.ReportMetric(at(5, own4K).cpuPerMillion/at(0, own4K).cpuPerMillion, "own-core-4KiB-cpu-splice/default")
 	b.ReportMetric(0, "ns/op")
 }
 

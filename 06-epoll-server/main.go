@@ -621,6 +621,59 @@ type BackpressureResult struct {
 	Other  string
 }
 
+// held is what the server process holds of sent bytes, from the kernel's queues alone: what
+// it took from its socket (sent − client Send-Q − server Recv-Q) minus what it wrote and the
+// client has not read (server Send-Q + client Recv-Q).
+func (q Queues) held(sent int) int {
+	read := sent - int(q.ClientSendQ) - int(q.ServerRecvQ)
+	written := int(q.ServerSendQ) + int(q.ClientRecvQ)
+	return read - written
+}
+
+// settledSend is what sendUntilSettled saw.
+type settledSend struct {
+	sent, calls int
+	lastErr     error  // the last send call's error (EAGAIN)
+	queues      Queues // the kernel's queues once they stayed still
+}
+
+// sendUntilSettled sends 32 KiB at a time on the connected non-blocking fd, never reading,
+// until send() returns EAGAIN and the kernel's queues between client and server stay still.
+func sendUntilSettled(fd int, client, server netip.AddrPort) (settledSend, error) {
+	var r settledSend
+	chunk := make([]byte, 32<<10)
+	const limit = 256 << 20 // far beyond every buffer together: an unbounded server would reach it
+	// Settled means: send() returns EAGAIN and the four queues have not changed for 600 ms,
+	// longer than a delayed ACK (at most 200 ms) — until then a segment may sit in the
+	// receiver's queue and, not yet acknowledged, in the sender's too.
+	var lastChange time.Time
+	deadline := time.Now().Add(20 * time.Second)
+	for lastChange.IsZero() || time.Since(lastChange) < 600*time.Millisecond {
+		if time.Now().After(deadline) || r.sent >= limit {
+			return r, fmt.Errorf("the client could still send after %d bytes: no backpressure", r.sent)
+		}
+		for r.sent < limit {
+			n, err := unix.SendmsgN(fd, chunk, nil, nil, unix.MSG_NOSIGNAL)
+			r.calls++
+			if err != nil {
+				r.lastErr = err
+				break
+			}
+			r.sent += n
+			lastChange = time.Time{}
+		}
+		q, found, err := queuesOf(client, server)
+		if err != nil {
+			return r, err
+		}
+		if !found || q != r.queues || lastChange.IsZero() {
+			r.queues, lastChange = q, time.Now()
+		}
+		time.Sleep(10 * time.Millisecond) // a poll interval: the kernel's queues decide
+	}
+	return r, nil
+}
+
 func slowReader(d *lab.Demo, cfg ServerConfig) (BackpressureResult, error) {
 	r := BackpressureResult{Chunk: cfg.ChunkSize}
 	d.Step("Start a server that reads at most %d bytes of a connection at a time", cfg.ChunkSize)
@@ -665,47 +718,16 @@ func slowReader(d *lab.Demo, cfg ServerConfig) (BackpressureResult, error) {
 	local, _ := unix.Getsockname(fd)
 	client := lab.AddrPortOf(local)
 
-	chunk := make([]byte, 32<<10)
-	const limit = 256 << 20 // far beyond every buffer together: an unbounded server would reach it
-	// Settled means: send() returns EAGAIN and the four queues have not changed for 600 ms,
-	// longer than a delayed ACK (at most 200 ms) — until then a segment may sit in the
-	// receiver's queue and, not yet acknowledged, in the sender's too.
-	var last Queues
-	var lastChange time.Time
-	calls := 0
-	var lastErr error
-	deadline := time.Now().Add(20 * time.Second)
-	for lastChange.IsZero() || time.Since(lastChange) < 600*time.Millisecond {
-		if time.Now().After(deadline) || r.Sent >= limit {
-			return r, fmt.Errorf("the client could still send after %d bytes: no backpressure", r.Sent)
-		}
-		for r.Sent < limit {
-			n, err := unix.SendmsgN(fd, chunk, nil, nil, unix.MSG_NOSIGNAL)
-			calls++
-			if err != nil {
-				lastErr = err
-				break
-			}
-			r.Sent += n
-			lastChange = time.Time{}
-		}
-		q, found, err := queuesOf(client, s.Addr)
-		if err != nil {
-			return r, err
-		}
-		if !found || q != last || lastChange.IsZero() {
-			last, lastChange = q, time.Now()
-		}
-		time.Sleep(10 * time.Millisecond) // a poll interval: the kernel's queues decide
+	settled, err := sendUntilSettled(fd, client, s.Addr)
+	r.Sent, r.Queues = settled.sent, settled.queues
+	if err != nil {
+		return r, err
 	}
-	r.Queues = last
-	d.Sys(-1, lastErr, "sendmsg(%d, ..., 32768, MSG_NOSIGNAL)", fd)
-	d.Say("after %d calls and %d bytes, and the queues stay still:", calls, r.Sent)
+	d.Sys(-1, settled.lastErr, "sendmsg(%d, ..., 32768, MSG_NOSIGNAL)", fd)
+	d.Say("after %d calls and %d bytes, and the queues stay still:", settled.calls, r.Sent)
 	d.Kernel(sockdiag.Filter{Ports: []uint16{client.Port()}})
 	q := r.Queues
-	read := r.Sent - int(q.ClientSendQ) - int(q.ServerRecvQ)
-	written := int(q.ServerSendQ) + int(q.ClientRecvQ)
-	r.Held = read - written
+	r.Held = q.held(r.Sent)
 	d.Say("The server stopped reading this client once one chunk of its echo was stuck: the data "+
 		"waits in the kernel (server Recv-Q %d, Send-Q %d; client Recv-Q %d, Send-Q %d), and the "+
 		"server process holds sent − all four = %d bytes, at most one chunk (%d).",

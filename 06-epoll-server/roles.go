@@ -31,6 +31,7 @@ func serverRole(args []string, stdout, stderr io.Writer) error {
 	nofile := fs.Int("nofile", 0, "lower the soft RLIMIT_NOFILE to this first (shows EMFILE handling)")
 	goSyscall := fs.Bool("gosyscall", false, "enter read and sendmsg through Go's Syscall, as unix.Read does (slower; to compare)")
 	noYield := fs.Bool("noyield", false, "never yield the event loop to Go's scheduler (slower: sysmon preempts it; to compare)")
+	splice := fs.Bool("splice", false, "echo through a pipe with splice(2): the bytes never enter user space (as io.Copy does)")
 	trace := fs.Bool("trace", false, "print every epoll_wait result and system call on connections (slow)")
 	if err := lab.ParseFlags(fs, args); err != nil {
 		return err
@@ -52,7 +53,7 @@ func serverRole(args []string, stdout, stderr io.Writer) error {
 		return lab.Usagef("-nofile %d: want 16 to 1048576 (the server itself needs about 10 fds)", *nofile)
 	}
 	cfg := ServerConfig{Addr: ap, EdgeTriggered: *et, Workers: *workers, Work: *work,
-		ChunkSize: *chunk, Backlog: *backlog, NoFile: *nofile, GoSyscall: *goSyscall, NoYield: *noYield}
+		ChunkSize: *chunk, Backlog: *backlog, NoFile: *nofile, GoSyscall: *goSyscall, NoYield: *noYield, Splice: *splice}
 	n := lab.NewNarrator(stdout, false)
 	secondP(n)
 	s, err := Listen(cfg, n)
@@ -98,6 +99,9 @@ func (c ServerConfig) Mode() string {
 	s := trig + ", " + pool
 	if c.Work > 0 {
 		s += fmt.Sprintf(", %v of work per message", c.Work)
+	}
+	if c.Splice {
+		s += ", echo by splice(2) through a pipe"
 	}
 	return s
 }

@@ -42,6 +42,10 @@ type ServerConfig struct {
 	// NoYield keeps the event loop from yielding to Go's scheduler every yieldEvery (see
 	// yieldIfDue): the slower way, kept to compare.
 	NoYield bool
+	// Splice echoes through a pipe with splice(2) (-splice): socket → pipe → socket, so the
+	// bytes stay in the kernel's pages and are never copied to or from user space. It is
+	// what the stdlib server's io.Copy does between two TCP connections.
+	Splice bool
 }
 
 // DefaultChunk is the default read size and per-connection output bound.
@@ -62,9 +66,12 @@ type Stats struct {
 // conn is one accepted connection. In worker mode exactly one goroutine owns it at a time:
 // the worker that got its EPOLLONESHOT report, until that worker re-arms it.
 type conn struct {
-	fd    int
-	gen   int32  // distinguishes this connection from a later one given the same fd number
-	out   []byte // output the kernel would not take yet (nil when none: idle costs nothing)
+	fd  int
+	gen int32  // distinguishes this connection from a later one given the same fd number
+	out []byte // output the kernel would not take yet (nil when none: idle costs nothing)
+	// pipe holds the output the kernel would not take yet in -splice mode, or is nil: a
+	// connection owns a pipe only while its output is pending.
+	pipe  *pipe
 	armed uint32 // the interest list entry's current events (inline mode only)
 	// owned is set while a worker handles the connection. Besides detecting overlaps, the
 	// atomic gives the race detector (and the memory model) the ordering that epoll's
@@ -248,9 +255,10 @@ func (s *Server) Serve() error {
 
 func (s *Server) loop() error {
 	events := make([]unix.EpollEvent, 256)
-	var buf []byte
+	var e *echoer
 	if s.cfg.Workers == 0 {
-		buf = make([]byte, s.cfg.ChunkSize) // inline mode: one read buffer for every connection
+		e = s.newEchoer() // inline mode: one read buffer (and pipe) for every connection
+		defer e.close()
 	}
 	lastYield := time.Now()
 	for {
@@ -288,7 +296,7 @@ func (s *Server) loop() error {
 					s.jobs <- job{c, ev.Events}
 					continue
 				}
-				open, wantOut := s.serveConn(c, ev.Events, buf)
+				open, wantOut := s.serveConn(c, ev.Events, e)
 				if open {
 					s.arm(c, wantOut)
 				}
@@ -323,7 +331,8 @@ func yieldIfDue(last, now time.Time) time.Time {
 
 func (s *Server) worker(id int) {
 	defer s.workers.Done()
-	buf := make([]byte, s.cfg.ChunkSize)
+	e := s.newEchoer()
+	defer e.close()
 	for j := range s.jobs {
 		c := j.c
 		if c.owned.Swap(true) {
@@ -332,7 +341,7 @@ func (s *Server) worker(id int) {
 		if s.trace != nil {
 			s.trace.Say("worker %d takes fd %d {%s}", id, c.fd, EventString(j.events))
 		}
-		open, wantOut := s.serveConn(c, j.events, buf)
+		open, wantOut := s.serveConn(c, j.events, e)
 		c.owned.Store(false)
 		if s.trace != nil && open {
 			s.trace.Say("worker %d is done with fd %d and re-arms it", id, c.fd)
@@ -476,24 +485,40 @@ func (s *Server) arm(c *conn, wantOut bool) {
 
 // serveConn handles one readiness report for a connection and reports whether it is still
 // open and whether it now waits for EPOLLOUT.
-func (s *Server) serveConn(c *conn, events uint32, buf []byte) (open, wantOut bool) {
-	if c.out != nil {
+func (s *Server) serveConn(c *conn, events uint32, e *echoer) (open, wantOut bool) {
+	if c.out != nil || c.pipe != nil {
 		// Output was pending, so the fd was armed for EPOLLOUT only.
-		if open, pending := s.flush(c); !open || pending {
+		if open, pending := s.flush(c, e); !open || pending {
 			return open, pending
 		}
 		// Drained: fall through and read again (data may have waited all along; in
 		// edge-triggered mode no new report would come for it).
 	}
 	for {
-		n, err := s.read(c.fd, buf)
-		if s.trace != nil {
-			s.trace.Sys(n, err, "read(%d, ..., %d)", c.fd, len(buf))
+		var n int
+		var err error
+		spliced := s.cfg.Splice && s.havePipe(e)
+		if spliced {
+			n, err = spliceNonblocking(c.fd, e.pipe.w, len(e.buf))
+			if s.trace != nil {
+				s.trace.Sys(n, err, "splice(%d, NULL, %d, NULL, %d, SPLICE_F_MOVE|SPLICE_F_NONBLOCK)", c.fd, e.pipe.w, len(e.buf))
+			}
+		} else {
+			n, err = s.read(c.fd, e.buf)
+			if s.trace != nil {
+				s.trace.Sys(n, err, "read(%d, ..., %d)", c.fd, len(e.buf))
+			}
 		}
 		switch {
 		case err == nil && n > 0:
 			s.simulateWork()
-			if open, pending := s.send(c, buf[:n]); !open || pending {
+			var pending bool
+			if spliced {
+				open, pending = s.spliceOut(c, e, n)
+			} else {
+				open, pending = s.send(c, e.buf[:n])
+			}
+			if !open || pending {
 				return open, pending
 			}
 			if !s.cfg.EdgeTriggered {
@@ -542,7 +567,59 @@ func (s *Server) send(c *conn, p []byte) (open, pending bool) {
 	return true, false
 }
 
-func (s *Server) flush(c *conn) (open, pending bool) {
+// spliceOut moves the n bytes that the event loop's (or worker's) pipe holds into the
+// connection's socket. If the socket takes only part of them, the connection keeps the pipe
+// with the rest, and the echoer makes a new pipe when it next needs one.
+func (s *Server) spliceOut(c *conn, e *echoer, n int) (open, pending bool) {
+	c.pipe, e.pipe = e.pipe, nil
+	c.pipe.pending = n
+	open, pending = s.drainPipe(c)
+	if pending {
+		s.Stats.Backpressured.Add(1)
+	} else if open {
+		e.pipe, c.pipe = c.pipe, nil // empty again: give it back
+	}
+	return open, pending
+}
+
+// drainPipe splices the connection's pending bytes from its pipe into its socket.
+// splice(2) has no MSG_NOSIGNAL: a C server must ignore SIGPIPE to get EPIPE here (Go's
+// runtime ignores SIGPIPE for fds other than 1 and 2, os/signal "SIGPIPE").
+func (s *Server) drainPipe(c *conn) (open, pending bool) {
+	for c.pipe.pending > 0 {
+		n, err := spliceNonblocking(c.pipe.r, c.fd, c.pipe.pending)
+		if s.trace != nil {
+			s.trace.Sys(n, err, "splice(%d, NULL, %d, NULL, %d, SPLICE_F_MOVE|SPLICE_F_NONBLOCK)", c.pipe.r, c.fd, c.pipe.pending)
+		}
+		switch {
+		case err == nil:
+			c.pipe.pending -= n
+		case err == unix.EINTR:
+		case err == unix.EAGAIN:
+			return true, true
+		default: // EPIPE or ECONNRESET
+			s.Stats.Resets.Add(1)
+			s.close(c) // closes the pipe too: what it holds is for a peer that is gone
+			return false, false
+		}
+	}
+	return true, false
+}
+
+// flush sends pending output after EPOLLOUT.
+func (s *Server) flush(c *conn, e *echoer) (open, pending bool) {
+	if c.pipe != nil {
+		open, pending = s.drainPipe(c)
+		if open && !pending {
+			if e.pipe == nil {
+				e.pipe = c.pipe
+			} else {
+				c.pipe.close()
+			}
+			c.pipe = nil
+		}
+		return open, pending
+	}
 	p := c.out
 	c.out = nil
 	open, pending = s.send(c, p)
@@ -571,6 +648,13 @@ var workSink atomic.Uint64
 
 func (s *Server) close(c *conn) {
 	s.conns[c.fd].Store(nil)
+	if c.pipe != nil {
+		if s.trace != nil {
+			s.trace.Say("close(%d), close(%d): the connection's pipe, with %d bytes it can no longer send", c.pipe.r, c.pipe.w, c.pipe.pending)
+		}
+		c.pipe.close()
+		c.pipe = nil
+	}
 	// Deleting before close matters when the fd was dup'ed: epoll watches the open file, and
 	// close() removes the entry only when the last descriptor of it goes (epoll(7), Q6).
 	err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
@@ -595,6 +679,9 @@ func (s *Server) shutdown() {
 	for i := range s.conns {
 		if c := s.conns[i].Load(); c != nil {
 			s.conns[i].Store(nil)
+			if c.pipe != nil {
+				c.pipe.close()
+			}
 			unix.Close(c.fd)
 			open++
 		}
@@ -717,4 +804,73 @@ func sendmsgNonblocking(fd int, p []byte, flags int) (int, error) {
 		return -1, errno // as unix.Read and unix.SendmsgN report a failed call
 	}
 	return int(n), nil
+}
+
+// echoer is what one goroutine that serves connections (the event loop, or one worker)
+// echoes through: a read buffer and, in -splice mode, a pipe.
+type echoer struct {
+	buf  []byte
+	pipe *pipe // empty whenever the echoer holds it; nil until made or after a connection kept it
+}
+
+func (s *Server) newEchoer() *echoer {
+	return &echoer{buf: make([]byte, s.cfg.ChunkSize)}
+}
+
+// havePipe makes the echoer's pipe if it has none. When it cannot (EMFILE, ENFILE), the
+// echo falls back to read and sendmsg for this message.
+func (s *Server) havePipe(e *echoer) bool {
+	if e.pipe == nil {
+		var err error
+		e.pipe, err = newPipe()
+		if s.trace != nil {
+			if err == nil {
+				s.trace.Sys(0, nil, "pipe2([%d, %d], O_NONBLOCK|O_CLOEXEC)", e.pipe.r, e.pipe.w)
+			} else {
+				s.trace.Sys(-1, err, "pipe2(..., O_NONBLOCK|O_CLOEXEC)")
+			}
+		}
+	}
+	return e.pipe != nil
+}
+
+func (e *echoer) close() {
+	if e.pipe != nil {
+		e.pipe.close()
+		e.pipe = nil
+	}
+}
+
+// pipe is a pipe(2) that -splice mode echoes through: splice(2) moves the request from the
+// socket's receive queue into the pipe and on into the socket's send queue as references to
+// the same pages. A pipe holds at most 16 pages by default (pipe(7), "Pipe capacity"), so it
+// also bounds a connection's pending output.
+type pipe struct {
+	r, w    int
+	pending int // bytes in the pipe (0 whenever an echoer holds it)
+}
+
+func newPipe() (*pipe, error) {
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		return nil, err
+	}
+	return &pipe{r: fds[0], w: fds[1]}, nil
+}
+
+func (p *pipe) close() {
+	unix.Close(p.r)
+	unix.Close(p.w)
+}
+
+// spliceNonblocking is splice(2) between a non-blocking socket and a pipe, entered with
+// RawSyscall for the reason readNonblocking is. SPLICE_F_NONBLOCK makes the pipe side not
+// wait either; SPLICE_F_MOVE is only a hint (splice(2)).
+func spliceNonblocking(from, to, n int) (int, error) {
+	r, _, errno := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(from), 0, uintptr(to), 0, uintptr(n),
+		unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	if errno != 0 {
+		return -1, errno
+	}
+	return int(r), nil
 }

@@ -74,6 +74,11 @@ func TestManyClientsGetExactEchoes(t *testing.T) {
 		{"small-chunks", ServerConfig{ChunkSize: 100}},
 		// The slower ways kept for BenchmarkServerVariants must echo as exactly.
 		{"inline-first-version", ServerConfig{GoSyscall: true, NoYield: true}},
+		// -splice: the same bytes, through a pipe instead of a buffer.
+		{"inline-LT-splice", ServerConfig{Splice: true}},
+		{"inline-ET-splice", ServerConfig{EdgeTriggered: true, Splice: true}},
+		{"workers-LT-splice", ServerConfig{Workers: 4, Splice: true}},
+		{"small-chunks-splice", ServerConfig{ChunkSize: 100, Splice: true}},
 	}
 	for _, mode := range modes {
 		t.Run(mode.name, func(t *testing.T) {
@@ -144,7 +149,7 @@ func streamEcho(addr netip.AddrPort, n int, seed uint64) error {
 // back and then EOF: the server closes only after echoing all it read.
 func TestHalfClosedClientGetsFullEchoThenEOF(t *testing.T) {
 	t.Parallel()
-	for _, cfg := range []ServerConfig{{}, {EdgeTriggered: true}, {Workers: 2}} {
+	for _, cfg := range []ServerConfig{{}, {EdgeTriggered: true}, {Workers: 2}, {Splice: true}} {
 		t.Run(cfg.Mode(), func(t *testing.T) {
 			t.Parallel()
 			s := startServer(t, cfg)
@@ -171,7 +176,8 @@ func TestHalfClosedClientGetsFullEchoThenEOF(t *testing.T) {
 // from the kernel's counts alone: sent − every queue between the two processes. (Part F.)
 func TestSlowReaderGetsBackpressure(t *testing.T) {
 	t.Parallel()
-	for _, cfg := range []ServerConfig{{ChunkSize: 16 << 10}, {ChunkSize: 16 << 10, EdgeTriggered: true}, {ChunkSize: 16 << 10, Workers: 2}} {
+	for _, cfg := range []ServerConfig{{ChunkSize: 16 << 10}, {ChunkSize: 16 << 10, EdgeTriggered: true}, {ChunkSize: 16 << 10, Workers: 2},
+		{ChunkSize: 16 << 10, Splice: true}} {
 		t.Run(cfg.Mode(), func(t *testing.T) {
 			t.Parallel()
 			r, err := slowReader(quiet(), cfg)
@@ -187,12 +193,65 @@ func TestSlowReaderGetsBackpressure(t *testing.T) {
 	}
 }
 
+// With -splice, what the server holds of a client that never reads is in a pipe, not in its
+// memory: the bytes that the kernel's queues say the server took and did not pass on
+// (sent − every queue between the two processes) are exactly the bytes the server's pipes
+// hold, by FIONREAD on each of them. The server runs as its own process so that its pipes are
+// the only ones looked at.
+func TestSpliceHoldsPendingOutputInAPipe(t *testing.T) {
+	t.Parallel()
+	p := startServerProcess(t, "-splice", "-chunk", "16384")
+	fd := labtest.Socket(t, p.addr, unix.SOCK_STREAM)
+	for _, opt := range []int{unix.SO_RCVBUF, unix.SO_SNDBUF} {
+		require.NoError(t, unix.SetsockoptInt(fd, unix.SOL_SOCKET, opt, 64<<10))
+	}
+	require.NoError(t, unix.Connect(fd, lab.SockaddrOf(p.addr)))
+	require.NoError(t, unix.SetNonblock(fd, true))
+	settled, err := sendUntilSettled(fd, labtest.LocalAddr(t, fd), p.addr)
+	require.NoError(t, err)
+	held := settled.queues.held(settled.sent)
+	inPipes := pipeBytes(t, p.cmd.Process.Pid)
+	t.Logf("sent %d B, queues %+v: the server holds %d B; its pipes hold %d B", settled.sent, settled.queues, held, inPipes)
+	assert.Positive(t, held, "the server took more than it could send on")
+	assert.LessOrEqual(t, held, 16384, "at most one chunk")
+	assert.Equal(t, held, inPipes, "what the server holds is in its pipes")
+}
+
+// pipeBytes sums FIONREAD over the pipes that process pid holds open, besides its standard
+// streams: opening /proc/PID/fd/N opens the same pipe, as a FIFO is opened (proc(5)).
+func pipeBytes(t *testing.T, pid int) int {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	seen := map[string]bool{}
+	total := 0
+	for _, e := range entries {
+		if n, _ := strconv.Atoi(e.Name()); n <= 2 {
+			continue
+		}
+		target, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err != nil || !strings.HasPrefix(target, "pipe:") || seen[target] {
+			continue // closed meanwhile, not a pipe, or the other end of one already counted
+		}
+		seen[target] = true
+		pfd, err := unix.Open(filepath.Join(dir, e.Name()), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		require.NoError(t, err)
+		n, err := unix.IoctlGetInt(pfd, unix.TIOCINQ) // FIONREAD (ioctl_tty(2)); pipes answer it too (pipe_ioctl, fs/pipe.c)
+		unix.Close(pfd)
+		require.NoError(t, err)
+		total += n
+	}
+	require.NotEmpty(t, seen, "the server has no pipe open")
+	return total
+}
+
 // A client that resets the connection while the server has output pending for it (and is
 // writing into a full socket): the server gets ECONNRESET/EPIPE, closes its end — the kernel
 // shows the socket gone — and goes on serving.
 func TestResetMidWriteIsSurvived(t *testing.T) {
 	t.Parallel()
-	for _, cfg := range []ServerConfig{{ChunkSize: 16 << 10}, {ChunkSize: 16 << 10, Workers: 2}} {
+	for _, cfg := range []ServerConfig{{ChunkSize: 16 << 10}, {ChunkSize: 16 << 10, Workers: 2}, {ChunkSize: 16 << 10, Splice: true}} {
 		t.Run(cfg.Mode(), func(t *testing.T) {
 			t.Parallel()
 			s := startServer(t, cfg)
@@ -397,7 +456,8 @@ func dialNoWait(t *testing.T, addr netip.AddrPort) (int, netip.AddrPort) {
 // clients see EOF, no thread spins, and the server serves again once fds are free.
 func TestEMFILEShedsWithoutSpinning(t *testing.T) {
 	t.Parallel()
-	for _, mode := range [][]string{nil, {"-et"}} {
+	// -splice: with no fd left for a pipe, the echo falls back to read and sendmsg.
+	for _, mode := range [][]string{nil, {"-et"}, {"-splice"}} {
 		t.Run(strings.Join(append([]string{"mode"}, mode...), ""), func(t *testing.T) {
 			t.Parallel()
 			p := startServerProcess(t, append([]string{"-nofile", "24", "-backlog", "64"}, mode...)...)
