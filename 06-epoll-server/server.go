@@ -583,8 +583,9 @@ func (s *Server) spliceOut(c *conn, e *echoer, n int) (open, pending bool) {
 }
 
 // drainPipe splices the connection's pending bytes from its pipe into its socket.
-// splice(2) has no MSG_NOSIGNAL: a C server must ignore SIGPIPE to get EPIPE here (Go's
-// runtime ignores SIGPIPE for fds other than 1 and 2, os/signal "SIGPIPE").
+// splice(2) has no MSG_NOSIGNAL: its EPIPE comes with a SIGPIPE (TestSendAfterResetReturnsErrno),
+// so a C server must ignore SIGPIPE; Go's runtime ignores it for fds other than 1 and 2
+// (os/signal, "SIGPIPE").
 func (s *Server) drainPipe(c *conn) (open, pending bool) {
 	for c.pipe.pending > 0 {
 		n, err := spliceNonblocking(c.pipe.r, c.fd, c.pipe.pending)

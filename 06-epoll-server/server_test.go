@@ -14,12 +14,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -291,7 +293,8 @@ func TestResetMidWriteIsSurvived(t *testing.T) {
 }
 
 // The errno a writer gets after the peer's RST, with MSG_NOSIGNAL: ECONNRESET first (the
-// pending socket error), then EPIPE — never a signal.
+// pending socket error), then EPIPE — never a signal. splice(2) into the socket gets EPIPE
+// and a SIGPIPE.
 func TestSendAfterResetReturnsErrno(t *testing.T) {
 	t.Parallel()
 	lfd, addr := labtest.Listen(t, labtest.Loopback4, 4)
@@ -304,10 +307,57 @@ func TestSendAfterResetReturnsErrno(t *testing.T) {
 		st, err := sockdiag.StateOf(sfd)
 		return err == nil && st == sockdiag.Close, fmt.Sprint(st, err)
 	})
-	_, err1 := unix.SendmsgN(sfd, []byte("x"), nil, nil, unix.MSG_NOSIGNAL)
-	_, err2 := unix.SendmsgN(sfd, []byte("x"), nil, nil, unix.MSG_NOSIGNAL)
+	send := func() error {
+		_, err := unix.SendmsgN(sfd, []byte("x"), nil, nil, unix.MSG_NOSIGNAL)
+		return err
+	}
+	err1, signalled1 := sigpipeRaisedBy(t, send)
+	err2, signalled2 := sigpipeRaisedBy(t, send)
 	assert.ErrorIs(t, err1, unix.ECONNRESET)
 	assert.ErrorIs(t, err2, unix.EPIPE)
+	assert.False(t, signalled1 || signalled2, "MSG_NOSIGNAL: no SIGPIPE")
+
+	// splice(2) takes no MSG_NOSIGNAL: the -splice echo's EPIPE comes with a SIGPIPE, which
+	// Go's runtime ignores (fd > 2) and a C server must ignore itself (SIG_IGN).
+	p, err := newPipe()
+	require.NoError(t, err)
+	defer p.close()
+	_, err = unix.Write(p.w, []byte("x"))
+	require.NoError(t, err)
+	err3, signalled3 := sigpipeRaisedBy(t, func() error {
+		_, err := spliceNonblocking(p.r, sfd, 1)
+		return err
+	})
+	assert.ErrorIs(t, err3, unix.EPIPE)
+	assert.True(t, signalled3, "splice into a reset socket raises SIGPIPE")
+}
+
+// sigpipeRaisedBy runs f on one OS thread with SIGPIPE blocked and reports f's error and
+// whether f raised SIGPIPE. The kernel sends SIGPIPE to the thread that wrote (send_sig in
+// sk_stream_error, net/core/stream.c), so a blocked one waits in the thread's pending set,
+// where rt_sigpending sees it and rt_sigtimedwait takes it away (sigpending(2),
+// sigwaitinfo(2)); other tests' threads cannot add to that set.
+func sigpipeRaisedBy(t *testing.T, f func() error) (err error, raised bool) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var pipeOnly, old, pending unix.Sigset_t
+	pipeOnly.Val[0] = 1 << (unix.SIGPIPE - 1)
+	require.NoError(t, unix.PthreadSigmask(unix.SIG_BLOCK, &pipeOnly, &old))
+	defer func() { require.NoError(t, unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)) }()
+	err = f()
+	const sigsetSize = 8 // the kernel's sigset_t: 64 signals
+	_, _, errno := unix.RawSyscall(unix.SYS_RT_SIGPENDING, uintptr(unsafe.Pointer(&pending)), sigsetSize, 0)
+	require.Zero(t, errno)
+	raised = pending.Val[0]&pipeOnly.Val[0] != 0
+	if raised {
+		var zero unix.Timespec
+		sig, _, errno := unix.RawSyscall6(unix.SYS_RT_SIGTIMEDWAIT, uintptr(unsafe.Pointer(&pipeOnly)), 0,
+			uintptr(unsafe.Pointer(&zero)), sigsetSize, 0, 0)
+		require.Zero(t, errno)
+		require.Equal(t, uintptr(unix.SIGPIPE), sig)
+	}
+	return err, raised
 }
 
 // --- the server as a separate process ----------------------------------------------------
