@@ -219,8 +219,11 @@ func TestSpliceHoldsPendingOutputInAPipe(t *testing.T) {
 	assert.Equal(t, held, inPipes, "what the server holds is in its pipes")
 }
 
-// pipeBytes sums FIONREAD over the pipes that process pid holds open, besides its standard
-// streams: opening /proc/PID/fd/N opens the same pipe, as a FIFO is opened (proc(5)).
+// pipeBytes sums FIONREAD over the pipes that process pid made itself: opening /proc/PID/fd/N
+// opens the same pipe, as a FIFO is opened (proc(5)). Pipes it inherited (its standard
+// streams, or whatever the shell that started the tests left open, which may belong to
+// another user) survived exec, so their descriptors lack O_CLOEXEC in /proc/PID/fdinfo/N;
+// the server makes every pipe with O_CLOEXEC.
 func pipeBytes(t *testing.T, pid int) int {
 	t.Helper()
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
@@ -229,12 +232,9 @@ func pipeBytes(t *testing.T, pid int) int {
 	seen := map[string]bool{}
 	total := 0
 	for _, e := range entries {
-		if n, _ := strconv.Atoi(e.Name()); n <= 2 {
-			continue
-		}
 		target, err := os.Readlink(filepath.Join(dir, e.Name()))
-		if err != nil || !strings.HasPrefix(target, "pipe:") || seen[target] {
-			continue // closed meanwhile, not a pipe, or the other end of one already counted
+		if err != nil || !strings.HasPrefix(target, "pipe:") || seen[target] || !closeOnExec(pid, e.Name()) {
+			continue // closed meanwhile, not a pipe, the other end of one already counted, or inherited
 		}
 		seen[target] = true
 		pfd, err := unix.Open(filepath.Join(dir, e.Name()), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
@@ -246,6 +246,22 @@ func pipeBytes(t *testing.T, pid int) int {
 	}
 	require.NotEmpty(t, seen, "the server has no pipe open")
 	return total
+}
+
+// closeOnExec reports whether /proc/PID/fdinfo/FD lists O_CLOEXEC among the descriptor's flags
+// (an octal number on the "flags:" line, proc(5)).
+func closeOnExec(pid int, fd string) bool {
+	info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, fd))
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(info), "\n") {
+		if v, ok := strings.CutPrefix(line, "flags:"); ok {
+			flags, err := strconv.ParseUint(strings.TrimSpace(v), 8, 64)
+			return err == nil && flags&unix.O_CLOEXEC != 0
+		}
+	}
+	return false
 }
 
 // A client that resets the connection while the server has output pending for it (and is
