@@ -577,7 +577,7 @@ func (s *Server) spliceOut(c *conn, e *echoer, n int) (open, pending bool) {
 	if pending {
 		s.Stats.Backpressured.Add(1)
 	} else if open {
-		e.pipe, c.pipe = c.pipe, nil // empty again: give it back
+		e.takeBack(c)
 	}
 	return open, pending
 }
@@ -612,12 +612,7 @@ func (s *Server) flush(c *conn, e *echoer) (open, pending bool) {
 	if c.pipe != nil {
 		open, pending = s.drainPipe(c)
 		if open && !pending {
-			if e.pipe == nil {
-				e.pipe = c.pipe
-			} else {
-				c.pipe.close()
-			}
-			c.pipe = nil
+			e.takeBack(c)
 		}
 		return open, pending
 	}
@@ -833,6 +828,17 @@ func (s *Server) havePipe(e *echoer) bool {
 		}
 	}
 	return e.pipe != nil
+}
+
+// takeBack takes a connection's pipe once it is empty again: it becomes the echoer's pipe, or
+// is closed if the echoer has made another meanwhile.
+func (e *echoer) takeBack(c *conn) {
+	if e.pipe == nil {
+		e.pipe = c.pipe
+	} else {
+		c.pipe.close()
+	}
+	c.pipe = nil
 }
 
 func (e *echoer) close() {
