@@ -115,6 +115,17 @@ func BenchmarkVersusStdlib(b *testing.B) {
 		fmt.Fprintf(&t, "  %4d B: %.0f rt/s, p50/p99 %.0f / %.0f µs, %.2f CPU s/M rt, CPU ratio %.2f (without -splice %.2f)\n",
 			size, p.perSecond, p.p50, p.p99, p.cpuPerMillion, splice50[size], cpuRatio50[size])
 	}
+	if e := median(samples[key{"epoll", 50, 64}]); e.coreBusyTicks > 0 {
+		fmt.Fprintf(&t, "\nSoftirq share of the server's core, 50 conns (kernel's /proc/stat ticks, summed over the rounds;\n"+
+			"on loopback a send runs the client's TCP input there, and the tick is charged to the server):\n")
+		for _, size := range []int{64, 4096} {
+			e, s := median(samples[key{"epoll", 50, size}]), median(samples[key{"stdlib", 50, size}])
+			p := median(samples[key{"epoll -splice", 50, size}])
+			outside := func(m measurement) float64 { return m.cpuPerMillion * (1 - m.softirqShare()) }
+			fmt.Fprintf(&t, "  %4d B: epoll %.0f %%, stdlib %.0f %%, epoll -splice %.0f %%; CPU ratio outside softirq %.2f (-splice %.2f)\n",
+				size, 100*e.softirqShare(), 100*s.softirqShare(), 100*p.softirqShare(), outside(e)/outside(s), outside(p)/outside(s))
+		}
+	}
 	es, ss := median(shared["epoll"]), median(shared["stdlib"])
 	sharedRatio := es.perSecond / ss.perSecond
 	fmt.Fprintf(&t, "\nOne shared core (server and load both on CPU %s), 50 conns × 64 B: epoll %.0f rt/s, stdlib %.0f rt/s, ratio %.2f\n",
@@ -169,6 +180,19 @@ type measurement struct {
 	cpuPerMillion       float64 // server CPU seconds (user+system) per million round trips
 	loadCPUPerMillion   float64 // the load generator's CPU seconds per million round trips
 	switchesPerRT       float64 // server context switches (voluntary + involuntary) per round trip
+	// The server's core as /proc/stat counts it, in clock ticks: busy (user, nice, system,
+	// irq, softirq, steal) and softirq alone. Zero when the server does not have a core of
+	// its own. median sums them over the rounds instead: the kernel samples one category
+	// per tick, and one round has only about 100 ticks.
+	coreBusyTicks, coreSoftirqTicks float64
+}
+
+// softirqShare is the part of the server core's busy ticks spent in softirq.
+func (m measurement) softirqShare() float64 {
+	if m.coreBusyTicks == 0 {
+		return 0
+	}
+	return m.coreSoftirqTicks / m.coreBusyTicks
 }
 
 func median(ms []measurement) measurement {
@@ -183,7 +207,13 @@ func median(ms []measurement) measurement {
 		}
 		return v[len(v)/2]
 	}
+	var busy, softirq float64
+	for _, m := range ms {
+		busy, softirq = busy+m.coreBusyTicks, softirq+m.coreSoftirqTicks
+	}
 	return measurement{
+		coreBusyTicks:     busy,
+		coreSoftirqTicks:  softirq,
 		perSecond:         pick(func(m measurement) float64 { return m.perSecond }),
 		p50:               pick(func(m measurement) float64 { return m.p50 }),
 		p99:               pick(func(m measurement) float64 { return m.p99 }),
@@ -215,7 +245,9 @@ func measure(b *testing.B, server, serverCPU, clientCPU string, conns, size, sec
 	// server (the last entry wins; empty counts as unset).
 	cmd.Env = append(cmd.Env, "GOMAXPROCS=")
 	before, switchesBefore := cpuSeconds(b, p.cmd.Process.Pid), contextSwitches(p.cmd.Process.Pid)
+	coreBefore := coreTicks(b, serverCPU, clientCPU)
 	out, err := cmd.Output()
+	coreAfter := coreTicks(b, serverCPU, clientCPU)
 	after, switchesAfter := cpuSeconds(b, p.cmd.Process.Pid), contextSwitches(p.cmd.Process.Pid)
 	if err != nil {
 		b.Fatalf("load against %s: %v", server, err)
@@ -231,7 +263,45 @@ func measure(b *testing.B, server, serverCPU, clientCPU string, conns, size, sec
 	return measurement{perSecond: res.PerSecond, p50: res.P50us, p99: res.P99us,
 		cpuPerMillion:     (after - before) / float64(res.RoundTrips) * 1e6,
 		loadCPUPerMillion: loadCPU / float64(res.RoundTrips) * 1e6,
-		switchesPerRT:     float64(switchesAfter-switchesBefore) / float64(res.RoundTrips)}
+		switchesPerRT:     float64(switchesAfter-switchesBefore) / float64(res.RoundTrips),
+		coreBusyTicks:     coreAfter.busy - coreBefore.busy,
+		coreSoftirqTicks:  coreAfter.softirq - coreBefore.softirq}
+}
+
+// cpuTicks are one CPU's counters from /proc/stat, in clock ticks (USER_HZ).
+type cpuTicks struct{ busy, softirq float64 }
+
+// coreTicks reads the server core's line of /proc/stat ("cpuN user nice system idle iowait irq
+// softirq steal ...", proc_stat(5)), or zeros when the server shares its core with the load
+// generator or is not pinned: then the core's ticks are not the server's alone.
+//
+// Why it is worth reading: on loopback, send runs the receiver's TCP input (net_rx_action in
+// softirq, on the sender's core), and with tick-based accounting (CONFIG_TICK_CPU_ACCOUNTING,
+// this kernel's) a tick that lands in softirq is charged to the task it interrupted as system
+// time (account_system_index_time in kernel/sched/cputime.c). So part of each server's CPU is
+// the delivery of its echoes to the client's socket: work that on a real network runs on the
+// client's host.
+func coreTicks(b *testing.B, serverCPU, clientCPU string) cpuTicks {
+	if serverCPU == "" || serverCPU == clientCPU {
+		return cpuTicks{}
+	}
+	raw, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 9 || f[0] != "cpu"+serverCPU {
+			continue
+		}
+		var v [8]float64 // user nice system idle iowait irq softirq steal
+		for i := range v {
+			v[i], _ = strconv.ParseFloat(f[i+1], 64)
+		}
+		return cpuTicks{busy: v[0] + v[1] + v[2] + v[5] + v[6] + v[7], softirq: v[6]}
+	}
+	b.Fatalf("no cpu%s line in /proc/stat", serverCPU)
+	return cpuTicks{}
 }
 
 // contextSwitches is the kernel's count of context switches of every thread of pid
