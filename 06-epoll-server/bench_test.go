@@ -279,8 +279,8 @@ type cpuTicks struct{ busy, softirq float64 }
 // softirq, on the sender's core), and with tick-based accounting (CONFIG_TICK_CPU_ACCOUNTING,
 // this kernel's) a tick that lands in softirq is charged to the task it interrupted as system
 // time (account_system_index_time in kernel/sched/cputime.c). So part of each server's CPU is
-// the delivery of its echoes to the client's socket: work that on a real network runs on the
-// client's host.
+// the delivery of its echoes to the client's socket, the same work for both servers (on a real
+// network the client's host would run it, and the server's host its own socket's input).
 func coreTicks(b *testing.B, serverCPU, clientCPU string) cpuTicks {
 	if serverCPU == "" || serverCPU == clientCPU {
 		return cpuTicks{}
