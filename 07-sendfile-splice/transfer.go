@@ -28,29 +28,45 @@ var loopback = netip.MustParseAddrPort("127.0.0.1:0")
 // zero, fix SO_SNDBUF on the client and SO_RCVBUF on the listener (which accepted sockets
 // inherit), turning off autotuning so that tests know how much can be in flight.
 func dialLoopback(sndbuf, rcvbuf int) (*link, error) {
+	return dialAt(loopback, sndbuf, rcvbuf, func(listen func() error) error { return listen() })
+}
+
+// dialAt is dialLoopback with the listener bound to listenAt, made by a function that
+// listenIn runs: directly, or on a thread in another network namespace (a socket belongs to
+// the namespace of the thread that creates it; after that, any thread may use it).
+func dialAt(listenAt netip.AddrPort, sndbuf, rcvbuf int, listenIn func(func() error) error) (*link, error) {
 	l := &link{listener: -1, client: -1, server: -1}
 	fail := func(call string, err error) (*link, error) {
 		l.close()
 		return nil, fmt.Errorf("%s: %w", call, err)
 	}
-	var err error
-	if l.listener, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
-		return fail("socket", err)
-	}
-	if rcvbuf > 0 {
-		if err := unix.SetsockoptInt(l.listener, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf); err != nil {
-			return fail("setsockopt(SO_RCVBUF)", err)
+	var sa unix.Sockaddr
+	var call string // the listener's call that failed
+	err := listenIn(func() (err error) {
+		if l.listener, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			call = "socket"
+			return err
 		}
-	}
-	if err := unix.Bind(l.listener, lab.SockaddrOf(loopback)); err != nil {
-		return fail("bind", err)
-	}
-	if err := unix.Listen(l.listener, 1); err != nil {
-		return fail("listen", err)
-	}
-	sa, err := unix.Getsockname(l.listener)
+		if rcvbuf > 0 {
+			if err = unix.SetsockoptInt(l.listener, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf); err != nil {
+				call = "setsockopt(SO_RCVBUF)"
+				return err
+			}
+		}
+		if err = unix.Bind(l.listener, lab.SockaddrOf(listenAt)); err != nil {
+			call = "bind"
+			return err
+		}
+		if err = unix.Listen(l.listener, 1); err != nil {
+			call = "listen"
+			return err
+		}
+		sa, err = unix.Getsockname(l.listener)
+		call = "getsockname"
+		return err
+	})
 	if err != nil {
-		return fail("getsockname", err)
+		return fail(call, err)
 	}
 	if l.client, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
 		return fail("socket", err)

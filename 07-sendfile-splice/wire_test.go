@@ -18,9 +18,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
-	"socklab/internal/lab"
 	"socklab/internal/labtest"
 	"socklab/internal/netlab"
 )
@@ -114,51 +112,7 @@ func (w *wire) close() { w.host.Close() }
 // dial is dialLoopback across the wire: the listener (and so the accepted socket) belongs to
 // the host's namespace, the client to the lab's. sndbuf and rcvbuf as in dialLoopback.
 func (w *wire) dial(sndbuf, rcvbuf int) (*link, error) {
-	l := &link{listener: -1, client: -1, server: -1}
-	fail := func(call string, err error) (*link, error) {
-		l.close()
-		return nil, fmt.Errorf("%s: %w", call, err)
-	}
-	var sa unix.Sockaddr
-	// A socket belongs to the namespace of the thread that creates it; after that, any
-	// thread may use it.
-	err := w.host.Do(func() error {
-		var err error
-		if l.listener, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
-			return fmt.Errorf("socket: %w", err)
-		}
-		if rcvbuf > 0 {
-			if err := unix.SetsockoptInt(l.listener, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf); err != nil {
-				return fmt.Errorf("setsockopt(SO_RCVBUF): %w", err)
-			}
-		}
-		if err := unix.Bind(l.listener, lab.SockaddrOf(netip.AddrPortFrom(w.link.PeerAddr.Addr(), 0))); err != nil {
-			return fmt.Errorf("bind: %w", err)
-		}
-		if err := unix.Listen(l.listener, 1); err != nil {
-			return fmt.Errorf("listen: %w", err)
-		}
-		sa, err = unix.Getsockname(l.listener)
-		return err
-	})
-	if err != nil {
-		return fail("host listener", err)
-	}
-	if l.client, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
-		return fail("socket", err)
-	}
-	if sndbuf > 0 {
-		if err := unix.SetsockoptInt(l.client, unix.SOL_SOCKET, unix.SO_SNDBUF, sndbuf); err != nil {
-			return fail("setsockopt(SO_SNDBUF)", err)
-		}
-	}
-	if err := unix.Connect(l.client, sa); err != nil {
-		return fail("connect", err)
-	}
-	if l.server, _, err = unix.Accept4(l.listener, unix.SOCK_CLOEXEC); err != nil {
-		return fail("accept4", err)
-	}
-	return l, nil
+	return dialAt(netip.AddrPortFrom(w.link.PeerAddr.Addr(), 0), sndbuf, rcvbuf, w.host.Do)
 }
 
 // softnetCounts reads, per CPU, how many packets the CPU's NET_RX processed from its backlog
