@@ -180,6 +180,7 @@ type measurement struct {
 	cpuPerMillion       float64 // server CPU seconds (user+system) per million round trips
 	loadCPUPerMillion   float64 // the load generator's CPU seconds per million round trips
 	switchesPerRT       float64 // server context switches (voluntary + involuntary) per round trip
+	readsPerRT          float64 // server read-type system calls per round trip (/proc/PID/io syscr)
 	// The server's core as /proc/stat counts it, in clock ticks: busy (user, nice, system,
 	// irq, softirq, steal) and softirq alone. Zero when the server does not have a core of
 	// its own. median sums them over the rounds instead: the kernel samples one category
@@ -220,6 +221,7 @@ func median(ms []measurement) measurement {
 		cpuPerMillion:     pick(func(m measurement) float64 { return m.cpuPerMillion }),
 		loadCPUPerMillion: pick(func(m measurement) float64 { return m.loadCPUPerMillion }),
 		switchesPerRT:     pick(func(m measurement) float64 { return m.switchesPerRT }),
+		readsPerRT:        pick(func(m measurement) float64 { return m.readsPerRT }),
 	}
 }
 
@@ -245,10 +247,12 @@ func measure(b *testing.B, server, serverCPU, clientCPU string, conns, size, sec
 	// server (the last entry wins; empty counts as unset).
 	cmd.Env = append(cmd.Env, "GOMAXPROCS=")
 	before, switchesBefore := cpuSeconds(b, p.cmd.Process.Pid), contextSwitches(p.cmd.Process.Pid)
+	readsBefore := readCalls(p.cmd.Process.Pid)
 	coreBefore := coreTicks(b, serverCPU, clientCPU)
 	out, err := cmd.Output()
 	coreAfter := coreTicks(b, serverCPU, clientCPU)
 	after, switchesAfter := cpuSeconds(b, p.cmd.Process.Pid), contextSwitches(p.cmd.Process.Pid)
+	readsAfter := readCalls(p.cmd.Process.Pid)
 	if err != nil {
 		b.Fatalf("load against %s: %v", server, err)
 	}
@@ -264,6 +268,7 @@ func measure(b *testing.B, server, serverCPU, clientCPU string, conns, size, sec
 		cpuPerMillion:     (after - before) / float64(res.RoundTrips) * 1e6,
 		loadCPUPerMillion: loadCPU / float64(res.RoundTrips) * 1e6,
 		switchesPerRT:     float64(switchesAfter-switchesBefore) / float64(res.RoundTrips),
+		readsPerRT:        (readsAfter - readsBefore) / float64(res.RoundTrips),
 		coreBusyTicks:     coreAfter.busy - coreBefore.busy,
 		coreSoftirqTicks:  coreAfter.softirq - coreBefore.softirq}
 }
@@ -314,6 +319,13 @@ func contextSwitches(pid int) int {
 		total += statusField(status, "voluntary_ctxt_switches") + statusField(status, "nonvoluntary_ctxt_switches")
 	}
 	return int(total)
+}
+
+// readCalls is the kernel's count of read-type system calls made by every thread of pid, dead
+// or alive: syscr of /proc/PID/io (proc_pid_io(5)). vfs_read counts each read(2), including one
+// that returns EAGAIN; recvmsg, sendmsg and splice are not counted.
+func readCalls(pid int) float64 {
+	return statusField(fmt.Sprintf("/proc/%d/io", pid), "syscr")
 }
 
 // cpuSeconds is utime+stime of every thread of pid, from /proc/PID/stat (clock ticks of 10 ms).
@@ -470,11 +482,13 @@ func BenchmarkWorkerPool(b *testing.B) {
 // Syscall (-gosyscall); a second P when pinned to one CPU (the role's default, roles.go
 // secondP) or GOMAXPROCS=1; and a yield to Go's scheduler every 4 ms (the default,
 // server.go yieldIfDue) or none (-noyield). One variant is the server as first written,
-// with none of the three; the last one echoes by splice(2) instead of read and sendmsg
-// (-splice): no copy of the bytes in or out of user space. Each variant serves 50 connections where the issue sets targets:
-// 64 B and 4 KiB on its own core, 64 B on the load's core; rounds rotate the order. Context
-// switches are the kernel's count for every thread of the server (voluntary + involuntary,
-// /proc/PID/task/*/status).
+// with none of the three. Two more change the lesson's choices: -splice echoes by splice(2)
+// instead of read and sendmsg (no copy of the bytes in or out of user space), and -et is
+// edge-triggered, so each message is read until EAGAIN (epoll(7)): is ET cheaper than LT's
+// second look at every reported socket? Each variant serves 50 connections where the issue
+// sets targets: 64 B and 4 KiB on its own core, 64 B on the load's core; rounds rotate the
+// order. Context switches are the kernel's count for every thread of the server (voluntary +
+// involuntary, /proc/PID/task/*/status); read calls are its count of read(2) (readCalls).
 //
 //	go test -run '^$' -bench ServerVariants -benchtime 1x -v ./06-epoll-server/
 func BenchmarkServerVariants(b *testing.B) {
@@ -495,6 +509,7 @@ func BenchmarkServerVariants(b *testing.B) {
 		{"-gosyscall", "", []string{"-gosyscall"}},
 		{"first version: -gosyscall -noyield GOMAXPROCS=1", "1", []string{"-gosyscall", "-noyield"}},
 		{"-splice", "", []string{"-splice"}},
+		{"-et", "", []string{"-et"}},
 	}
 	// The two CPU targets are on the server's own core (64 B and 4 KiB), the throughput target on
 	// the load's core (64 B).
@@ -523,12 +538,12 @@ func BenchmarkServerVariants(b *testing.B) {
 	var t strings.Builder
 	fmt.Fprintf(&t, "\n50 conns, %d rounds × %d s, medians; load on CPU %s, server on CPU %s (own core) or %s (shared core)\n\n",
 		rounds, seconds, clientCPU, serverCPU, clientCPU)
-	fmt.Fprintln(&t, "| server | size | variant | rt/s | server CPU s/M rt | context switches per rt | load CPU s/M rt |")
-	fmt.Fprintln(&t, "|---|---:|---|---:|---:|---:|---:|")
+	fmt.Fprintln(&t, "| server | size | variant | rt/s | server CPU s/M rt | context switches per rt | read calls per rt | load CPU s/M rt |")
+	fmt.Fprintln(&t, "|---|---:|---|---:|---:|---:|---:|---:|")
 	for _, pl := range placements {
 		for _, v := range variants {
 			m := median(samples[key{v.name, pl}])
-			fmt.Fprintf(&t, "| %s | %d B | %s | %.0f | %.2f | %.3f | %.2f |\n", pl.name, pl.size, v.name, m.perSecond, m.cpuPerMillion, m.switchesPerRT, m.loadCPUPerMillion)
+			fmt.Fprintf(&t, "| %s | %d B | %s | %.0f | %.2f | %.3f | %.2f | %.2f |\n", pl.name, pl.size, v.name, m.perSecond, m.cpuPerMillion, m.switchesPerRT, m.readsPerRT, m.loadCPUPerMillion)
 		}
 	}
 	b.Log(t.String())
@@ -538,6 +553,7 @@ func BenchmarkServerVariants(b *testing.B) {
 	b.ReportMetric(at(0, own4K).cpuPerMillion/at(4, own4K).cpuPerMillion, "own-core-4KiB-cpu-default/first")
 	b.ReportMetric(at(0, shared).perSecond/at(4, shared).perSecond, "shared-core-rt/s-default/first")
 	b.ReportMetric(at(5, own4K).cpuPerMillion/at(0, own4K).cpuPerMillion, "own-core-4KiB-cpu-splice/default")
+	b.ReportMetric(at(6, own4K).cpuPerMillion/at(0, own4K).cpuPerMillion, "own-core-4KiB-cpu-et/lt")
 	b.ReportMetric(0, "ns/op")
 }
 

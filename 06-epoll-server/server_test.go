@@ -608,6 +608,51 @@ func echoFD(t *testing.T, fd int, msg string) {
 	assert.Equal(t, msg, string(got))
 }
 
+// Edge-triggered, the server reads each report until read(2) returns EAGAIN: no new report
+// comes for bytes left unread (epoll(7), "Level-triggered and edge-triggered"). Level-
+// triggered, one read per report is enough, because the kernel reports again while bytes wait.
+// The kernel counts the server process's read(2) calls, including those that return EAGAIN
+// (syscr in /proc/PID/io, readCalls): two per message edge-triggered, one level-triggered.
+func TestEdgeTriggeredServerReadsUntilEAGAIN(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []struct {
+		name            string
+		flags           []string
+		readsPerMessage float64
+	}{{"level", nil, 1}, {"edge", []string{"-et"}, 2}} {
+		t.Run(mode.name, func(t *testing.T) {
+			t.Parallel()
+			p := startServerProcess(t, mode.flags...)
+			io := fmt.Sprintf("/proc/%d/io", p.cmd.Process.Pid)
+			if _, err := os.ReadFile(io); err != nil {
+				t.Skipf("the kernel does not count read calls here (%v): needs CONFIG_TASK_IO_ACCOUNTING", err)
+			}
+			fd, local := dialNoWait(t, p.addr)
+			labtest.WaitFor(t, 5*time.Second, "accept", func() (bool, string) {
+				s, found, _ := sockdiag.Find(p.addr, local)
+				return found && s.HasFD(), s.String()
+			})
+			base := readCalls(p.cmd.Process.Pid)
+			// One message at a time, and the next only after the server's reads for this one
+			// are done: then no message can arrive while the server still drains the last.
+			const messages = 20
+			for i := 1; i <= messages; i++ {
+				echoFD(t, fd, fmt.Sprintf("message %d", i))
+				want := mode.readsPerMessage * float64(i)
+				labtest.WaitFor(t, 5*time.Second, "the server's reads for this message", func() (bool, string) {
+					got := readCalls(p.cmd.Process.Pid) - base
+					return got >= want, fmt.Sprintf("%v read calls after %d messages, want %v", got, i, want)
+				})
+			}
+			// A level-triggered server that also read until EAGAIN would make 40; the runtime
+			// itself may read now and then (an eventfd), hence the small margin.
+			reads := readCalls(p.cmd.Process.Pid) - base
+			assert.GreaterOrEqual(t, reads, mode.readsPerMessage*messages)
+			assert.LessOrEqual(t, reads, mode.readsPerMessage*messages+2)
+		})
+	}
+}
+
 // epoll_wait returns EINTR when a signal handler runs while it waits (signal(7): never
 // restarted, whatever SA_RESTART says); the loop retries and goes on serving.
 func TestEpollWaitRetriesAfterEINTR(t *testing.T) {
