@@ -623,8 +623,8 @@ func TestEdgeTriggeredServerReadsUntilEAGAIN(t *testing.T) {
 		t.Run(mode.name, func(t *testing.T) {
 			t.Parallel()
 			p := startServerProcess(t, mode.flags...)
-			io := fmt.Sprintf("/proc/%d/io", p.cmd.Process.Pid)
-			if _, err := os.ReadFile(io); err != nil {
+			ioFile := fmt.Sprintf("/proc/%d/io", p.cmd.Process.Pid)
+			if _, err := os.ReadFile(ioFile); err != nil {
 				t.Skipf("the kernel does not count read calls here (%v): needs CONFIG_TASK_IO_ACCOUNTING", err)
 			}
 			fd, local := dialNoWait(t, p.addr)
