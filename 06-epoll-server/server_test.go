@@ -517,6 +517,18 @@ func dialNoWait(t *testing.T, addr netip.AddrPort) (int, netip.AddrPort) {
 	return labtest.Dial(t, addr)
 }
 
+// dialAccepted connects to addr and waits until the kernel shows the server's end of the
+// connection held by a descriptor (sock_diag: accepted, not just queued).
+func dialAccepted(t *testing.T, addr netip.AddrPort) int {
+	t.Helper()
+	fd, local := dialNoWait(t, addr)
+	labtest.WaitFor(t, 5*time.Second, "accept", func() (bool, string) {
+		s, found, _ := sockdiag.Find(addr, local)
+		return found && s.HasFD(), s.String()
+	})
+	return fd
+}
+
 // With RLIMIT_NOFILE at 24 the server runs out of descriptors after about 17 connections.
 // The rest are accepted with the reserve fd and closed at once: the accept queue empties, those
 // clients see EOF, no thread spins, and the server serves again once fds are free.
@@ -627,11 +639,7 @@ func TestEdgeTriggeredServerReadsUntilEAGAIN(t *testing.T) {
 			if _, err := os.ReadFile(ioFile); err != nil {
 				t.Skipf("the kernel does not count read calls here (%v): needs CONFIG_TASK_IO_ACCOUNTING", err)
 			}
-			fd, local := dialNoWait(t, p.addr)
-			labtest.WaitFor(t, 5*time.Second, "accept", func() (bool, string) {
-				s, found, _ := sockdiag.Find(p.addr, local)
-				return found && s.HasFD(), s.String()
-			})
+			fd := dialAccepted(t, p.addr)
 			base := readCalls(p.cmd.Process.Pid)
 			// One message at a time, and the next only after the server's reads for this one
 			// are done: then no message can arrive while the server still drains the last.
@@ -690,11 +698,7 @@ func TestSignalShutsDownCleanly(t *testing.T) {
 			p := startServerProcess(t, "-workers", "2")
 			var fds []int
 			for range 3 {
-				fd, local := dialNoWait(t, p.addr)
-				labtest.WaitFor(t, 5*time.Second, "accept", func() (bool, string) {
-					s, found, _ := sockdiag.Find(p.addr, local)
-					return found && s.HasFD(), s.String()
-				})
+				fd := dialAccepted(t, p.addr)
 				echoFD(t, fd, "ping")
 				fds = append(fds, fd)
 			}
