@@ -4,10 +4,12 @@ package main
 
 import (
 	"bytes"
+	"container/heap"
 	"fmt"
 	"net/netip"
 	"slices"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -26,6 +28,14 @@ type LoadConfig struct {
 	Idle  bool
 	Stop  <-chan struct{}
 	Ready func(open int)
+	// Rate, if positive, paces the ping-pong to that many round trips per second over all
+	// connections: a connection starts its next message no sooner than Conns/Rate seconds
+	// after it started the last one (at once if the echo took longer). Zero sends again as
+	// soon as each echo is back, which is as fast as the server and this generator can go.
+	// Why pace: at full speed both processes run at a full core, so "CPU per round trip" is
+	// mostly one over the rate each reached; at the same paced rate it compares the CPU
+	// each server needs for the same work (docs/06-epoll-server.md, "Results").
+	Rate float64
 }
 
 // LoadResult is what a load run measured.
@@ -51,11 +61,28 @@ func (r LoadResult) String() string {
 const maxSamples = 1 << 20
 
 type loadConn struct {
+	index    int // in the connection table, and the epoll_data of its events
 	fd       int
 	sent     int       // bytes of the current message sent
 	got      int       // bytes of its echo received
 	started  time.Time // when the message's first byte was sent
+	next     time.Time // paced: when the next message may start
 	finished bool
+}
+
+// dueQueue holds the paced connections waiting to start their next message, earliest
+// first (a binary heap, container/heap).
+type dueQueue []*loadConn
+
+func (q dueQueue) Len() int           { return len(q) }
+func (q dueQueue) Less(i, j int) bool { return q[i].next.Before(q[j].next) }
+func (q dueQueue) Swap(i, j int)      { q[i], q[j] = q[j], q[i] }
+func (q *dueQueue) Push(x any)        { *q = append(*q, x.(*loadConn)) }
+func (q *dueQueue) Pop() any {
+	old := *q
+	c := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return c
 }
 
 // RunLoad runs the load generator. It is itself an epoll client, so that it costs little CPU
@@ -83,7 +110,7 @@ func RunLoad(cfg LoadConfig) (LoadResult, error) {
 		if err != nil {
 			return res, fmt.Errorf("socket (connection %d): %w", i+1, err)
 		}
-		c := &loadConn{fd: fd}
+		c := &loadConn{index: i, fd: fd}
 		conns = append(conns, c)
 		// A blocking connect keeps this simple; on loopback it returns within microseconds.
 		if err := connectRetry(fd, sa); err != nil {
@@ -109,6 +136,11 @@ func RunLoad(cfg LoadConfig) (LoadResult, error) {
 		return res, nil
 	}
 
+	var interval time.Duration // paced: from one message's start to the next on a connection
+	if cfg.Rate > 0 {
+		interval = time.Duration(float64(cfg.Conns) / cfg.Rate * float64(time.Second))
+	}
+	var due dueQueue // paced connections waiting for their turn
 	msg := make([]byte, cfg.Size)
 	for i := range msg {
 		msg[i] = byte('a' + i%26)
@@ -144,6 +176,11 @@ func RunLoad(cfg LoadConfig) (LoadResult, error) {
 	}
 	now := time.Now()
 	for i, c := range conns {
+		if cfg.Rate > 0 { // paced: spread the first messages over one interval
+			c.next = now.Add(time.Duration(float64(i) / cfg.Rate * float64(time.Second)))
+			heap.Push(&due, c)
+			continue
+		}
 		c.started = now
 		send(i, c)
 	}
@@ -152,17 +189,27 @@ func RunLoad(cfg LoadConfig) (LoadResult, error) {
 	var atDeadline int64
 	lastYield := start
 	for active > 0 {
-		timeout := 100 // wake now and then to notice the deadline even if nothing happens
+		timeout := 100 * time.Millisecond // wake now and then to notice the deadline even if nothing happens
 		graceOver := stopping
 		if stopping {
-			timeout = 5000 // grace for echoes in flight, long enough for a busy machine
+			timeout = 5 * time.Second // grace for echoes in flight, long enough for a busy machine
+		} else if len(due) > 0 {
+			now := time.Now()
+			for len(due) > 0 && !due[0].next.After(now) {
+				c := heap.Pop(&due).(*loadConn)
+				c.sent, c.got, c.started = 0, 0, now
+				send(c.index, c)
+			}
+			if len(due) > 0 {
+				timeout = min(timeout, due[0].next.Sub(now))
+			}
 		}
-		n, err := unix.EpollWait(epfd, events, timeout)
+		n, err := epollWaitFor(epfd, events, timeout, interval > 0)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return res, fmt.Errorf("epoll_wait: %w", err)
+			return res, err
 		}
 		now := time.Now()
 		// The same loop as the server's, so the same reason to yield (server.go, yieldIfDue),
@@ -174,6 +221,11 @@ func RunLoad(cfg LoadConfig) (LoadResult, error) {
 			// The rate counts round trips completed by the deadline; messages in flight
 			// are still awaited (and checked), but no new ones are sent.
 			stopping, elapsed, atDeadline = true, now.Sub(start), res.RoundTrips
+			for _, c := range due { // paced connections waiting to send: nothing in flight
+				c.finished = true
+				active--
+			}
+			due = nil
 		}
 		if graceOver && n == 0 {
 			break // nothing came back within the grace period: the stragglers are errors
@@ -222,6 +274,18 @@ func RunLoad(cfg LoadConfig) (LoadResult, error) {
 				active--
 				continue
 			}
+			if interval > 0 {
+				// Keep to the connection's schedule rather than to its last send, so that
+				// the loop's own delays do not add up into a lower rate; a connection more
+				// than one interval behind starts afresh instead of sending a burst.
+				if c.next = c.next.Add(interval); c.next.Before(now.Add(-interval)) {
+					c.next = now
+				}
+				if c.next.After(now) {
+					heap.Push(&due, c) // early: wait for its turn
+					continue
+				}
+			}
 			c.sent, c.got, c.started = 0, 0, now
 			send(i, c)
 		}
@@ -238,6 +302,31 @@ func RunLoad(cfg LoadConfig) (LoadResult, error) {
 		res.P99us = float64(samples[len(samples)*99/100]) / 1e3
 	}
 	return res, nil
+}
+
+// epollWaitFor is epoll_wait with a timeout in nanoseconds when precise is set: epoll_pwait2
+// (Linux 5.11) takes a struct timespec, where epoll_wait counts whole milliseconds, too coarse
+// to pace a connection that sends every few hundred microseconds (epoll_wait(2)).
+func epollWaitFor(epfd int, events []unix.EpollEvent, timeout time.Duration, precise bool) (int, error) {
+	if !precise {
+		n, err := unix.EpollWait(epfd, events, int(timeout.Milliseconds()))
+		if err != nil && err != unix.EINTR {
+			return n, fmt.Errorf("epoll_wait: %w", err)
+		}
+		return n, err
+	}
+	ts := unix.NsecToTimespec(int64(max(timeout, 0)))
+	n, _, errno := unix.Syscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd), uintptr(unsafe.Pointer(unsafe.SliceData(events))),
+		uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
+	switch errno {
+	case 0:
+		return int(n), nil
+	case unix.EINTR:
+		return 0, errno
+	case unix.ENOSYS:
+		return 0, fmt.Errorf("epoll_pwait2: %w (hint: -rate needs Linux 5.11 or later)", errno)
+	}
+	return 0, fmt.Errorf("epoll_pwait2: %w", errno)
 }
 
 // connectRetry connects, retrying EINTR (a signal may interrupt a blocking connect; the

@@ -75,3 +75,48 @@ func TestLoadRoleJSON(t *testing.T) {
 	assert.Positive(t, res.RoundTrips)
 	assert.Zero(t, res.Errors)
 }
+
+// A paced load keeps to its rate, as the kernel counts it: the server's sockets
+// (tcpi_bytes_received, TCP_INFO through sock_diag) take 300 messages no faster than
+// 1 000 round trips/s allows, where an unpaced load sends that many within milliseconds.
+func TestLoadGeneratorKeepsToItsRate(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, ServerConfig{})
+	const conns, size, rate, messages = 10, 100, 1000.0, 300
+	done := make(chan error, 1)
+	go func() {
+		_, err := RunLoad(LoadConfig{Addr: s.Addr, Conns: conns, Size: size, Duration: 1500 * time.Millisecond, Rate: rate})
+		done <- err
+	}()
+	// received sums what the server's end of each connection has received so far.
+	received := func() (open int, bytes uint64, err error) {
+		socks, err := sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: s.Addr, States: []sockdiag.State{sockdiag.Established}})
+		for _, so := range socks {
+			if so.Info != nil {
+				open, bytes = open+1, bytes+so.Info.Bytes_received
+			}
+		}
+		return open, bytes, err
+	}
+	var first uint64
+	labtest.WaitFor(t, 10*time.Second, "the server's end of every connection", func() (bool, string) {
+		open, bytes, err := received()
+		first = bytes
+		return err == nil && open == conns, fmt.Sprint(open, " open, ", err)
+	})
+	began := time.Now()
+	labtest.WaitFor(t, 10*time.Second, fmt.Sprint(messages, " more messages"), func() (bool, string) {
+		_, bytes, err := received()
+		return err == nil && bytes-first >= messages*size, fmt.Sprint(bytes-first, " bytes, ", err)
+	})
+	// On its schedule each connection is at most one message ahead of any window, so 300
+	// messages take at least (300-10)/1000 s = 290 ms; less margin for the first sample.
+	took := time.Since(began)
+	assert.GreaterOrEqual(t, took, 250*time.Millisecond, "paced at %v round trips/s", rate)
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the load run did not end 30 s after its 1.5 s duration")
+	}
+}

@@ -170,6 +170,7 @@ func loadRole(args []string, stdout, stderr io.Writer) error {
 	duration := fs.Duration("duration", 3*time.Second, "how long to run (idle mode: how long to hold)")
 	idle := fs.Bool("idle", false, "open the connections and hold them idle instead of ping-pong")
 	asJSON := fs.Bool("json", false, "print the result as one JSON object")
+	rate := fs.Float64("rate", 0, "pace to this many round trips/s over all connections (0: as fast as echoes come back)")
 	if err := lab.ParseFlags(fs, args); err != nil {
 		return err
 	}
@@ -184,10 +185,12 @@ func loadRole(args []string, stdout, stderr io.Writer) error {
 		return lab.Usagef("-size %d: want 1 to 1048576 bytes", *size)
 	case *duration <= 0:
 		return lab.Usagef("-duration %v: want a positive duration, e.g. 3s", *duration)
+	case !(*rate >= 0 && *rate <= 1e8): // also rejects NaN
+		return lab.Usagef("-rate %v: want 0 (unpaced) to 100000000 round trips per second, e.g. 100000", *rate)
 	}
 	// On stderr: stdout carries the result (-json) or the "holding" line scripts wait for.
 	secondP(lab.NewNarrator(stderr, false))
-	cfg := LoadConfig{Addr: ap, Conns: *conns, Size: *size, Duration: *duration, Idle: *idle}
+	cfg := LoadConfig{Addr: ap, Conns: *conns, Size: *size, Duration: *duration, Idle: *idle, Rate: *rate}
 	if *idle {
 		// Hold until the duration ends or a signal comes, whichever is first.
 		sigs := make(chan os.Signal, 1)
