@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"runtime"
@@ -25,7 +26,10 @@ import (
 // level-triggered) against the idiomatic Go server (stdserver: goroutine per connection,
 // io.Copy), both run as separate processes pinned with taskset, the load generator pinned to
 // another core. Rounds alternate the two servers so that a noisy neighbour hurts both alike;
-// the table reports medians. Ratios are epoll ÷ stdlib from the same run.
+// the table reports medians. Ratios are epoll ÷ stdlib from the same run. At 50 connections
+// it also paces the load (load -rate) to the same rate for both servers, half and three
+// quarters of the slower one's full-speed rate: at full speed both servers use a full core,
+// so their CPU per round trip is mostly one over the rate each reached.
 //
 //	go test -run '^$' -bench VersusStdlib -benchtime 1x ./06-epoll-server/
 //
@@ -47,6 +51,12 @@ func BenchmarkVersusStdlib(b *testing.B) {
 	samples := map[key][]measurement{}
 	shared := map[string][]measurement{}
 	memory := map[string][]idleMeasurement{}
+	type pacedKey struct {
+		size  int
+		share float64
+	}
+	paced := map[string]map[pacedKey][]measurement{"epoll": {}, "stdlib": {}}
+	pacedRate := map[pacedKey]float64{}
 	for range b.N {
 		for round := range rounds {
 			for _, conns := range []int{1, 50, 1000} {
@@ -69,6 +79,22 @@ func BenchmarkVersusStdlib(b *testing.B) {
 			for i := range servers {
 				srv := servers[(i+round)%2]
 				memory[srv] = append(memory[srv], measureIdle(b, srv, serverCPU, clientCPU, idle))
+			}
+		}
+		// Paced: both servers offered the same round trips per second, a share of the
+		// slower one's full-speed median, so that both have room to spare.
+		for _, size := range []int{64, 4096} {
+			full := min(median(samples[key{"epoll", 50, size}]).perSecond, median(samples[key{"stdlib", 50, size}]).perSecond)
+			for _, share := range pacedShares {
+				rate := math.Round(share*full/1000) * 1000
+				k := pacedKey{size, share}
+				pacedRate[k] = rate
+				for round := range rounds {
+					for i := range servers {
+						srv := servers[(i+round)%2]
+						paced[srv][k] = append(paced[srv][k], measureAt(b, srv, serverCPU, clientCPU, 50, size, seconds, rate))
+					}
+				}
 			}
 		}
 	}
@@ -132,6 +158,21 @@ func BenchmarkVersusStdlib(b *testing.B) {
 		clientCPU, es.perSecond, ss.perSecond, sharedRatio)
 	fmt.Fprintf(&t, "  CPU s/M rt there: epoll server %.2f + its load %.2f, stdlib server %.2f + its load %.2f\n",
 		es.cpuPerMillion, es.loadCPUPerMillion, ss.cpuPerMillion, ss.loadCPUPerMillion)
+	fmt.Fprintf(&t, "\nPaced, 50 conns: both servers offered the same round trips/s, a share of the slower one's full-speed rate above:\n")
+	pacedRatio := map[pacedKey]float64{}
+	for _, size := range []int{64, 4096} {
+		for _, share := range pacedShares {
+			k := pacedKey{size, share}
+			e, s := median(paced["epoll"][k]), median(paced["stdlib"][k])
+			pacedRatio[k] = e.cpuPerMillion / s.cpuPerMillion
+			kept := ""
+			if min(e.perSecond, s.perSecond) < 0.97*pacedRate[k] {
+				kept = " (a server fell more than 3 % short of the offered rate)"
+			}
+			fmt.Fprintf(&t, "  %4d B at %2.0f %% (%.0f rt/s offered): epoll %.0f rt/s, %.2f CPU s/M rt; stdlib %.0f rt/s, %.2f CPU s/M rt; CPU ratio %.2f%s\n",
+				size, 100*share, pacedRate[k], e.perSecond, e.cpuPerMillion, s.perSecond, s.cpuPerMillion, pacedRatio[k], kept)
+		}
+	}
 	em, sm := medianIdle(memory["epoll"]), medianIdle(memory["stdlib"])
 	memRatio := em.bytesPerConn / sm.bytesPerConn
 	fmt.Fprintf(&t, "%d idle connections: epoll %.0f B and %.2f fds per connection, stdlib %.0f B and %.2f fds per connection (RSS growth), ratio %.3f\n",
@@ -139,13 +180,28 @@ func BenchmarkVersusStdlib(b *testing.B) {
 	fmt.Fprintf(&t, "\nTargets: CPU/rt at 50 conns ≤ 0.85× → 64 B %.2f× (%s), 4 KiB %.2f× (%s; -splice %.2f×, %s); shared-core rt/s ≥ 1.1× → %.2f× (%s); idle memory ≤ 0.10× → %.3f× (%s)\n",
 		cpuRatio50[64], verdict(cpuRatio50[64] <= 0.85), cpuRatio50[4096], verdict(cpuRatio50[4096] <= 0.85),
 		splice50[4096], verdict(splice50[4096] <= 0.85), sharedRatio, verdict(sharedRatio >= 1.1), memRatio, verdict(memRatio <= 0.10))
+	fmt.Fprintf(&t, "At the same paced rate, CPU/rt at 50 conns ≤ 0.85× → 64 B %s, 4 KiB %s\n",
+		pacedVerdicts(pacedRatio[pacedKey{64, pacedShares[0]}], pacedRatio[pacedKey{64, pacedShares[1]}]),
+		pacedVerdicts(pacedRatio[pacedKey{4096, pacedShares[0]}], pacedRatio[pacedKey{4096, pacedShares[1]}]))
 	b.Log(t.String())
 	b.ReportMetric(cpuRatio50[64], "cpu-ratio-50conns-64B")
 	b.ReportMetric(cpuRatio50[4096], "cpu-ratio-50conns-4KiB")
 	b.ReportMetric(splice50[4096], "cpu-ratio-50conns-4KiB-splice")
 	b.ReportMetric(sharedRatio, "rt/s-ratio-shared-core")
 	b.ReportMetric(memRatio, "idle-mem-ratio")
+	for k, r := range pacedRatio {
+		b.ReportMetric(r, fmt.Sprintf("cpu-ratio-paced%.0fpct-%dB", 100*k.share, k.size))
+	}
 	b.ReportMetric(0, "ns/op")
+}
+
+// pacedShares are the paced loads of BenchmarkVersusStdlib, as shares of the slower
+// server's full-speed rate: half, and three quarters.
+var pacedShares = []float64{0.5, 0.75}
+
+// pacedVerdicts gives the paced CPU ratios at both shares and whether each is within 0.85×.
+func pacedVerdicts(half, threeQuarters float64) string {
+	return fmt.Sprintf("%.2f× at 50 %% (%s), %.2f× at 75 %% (%s)", half, verdict(half <= 0.85), threeQuarters, verdict(threeQuarters <= 0.85))
 }
 
 func verdict(ok bool) string {
@@ -238,11 +294,17 @@ func startBenchServer(b *testing.B, server, cpu string, flags ...string) *server
 	return startProcess(b, cpu, append([]string{role, "-addr", "127.0.0.1:0"}, flags...)...)
 }
 
+// measure runs the load generator at full speed against a new server process.
 func measure(b *testing.B, server, serverCPU, clientCPU string, conns, size, seconds int, flags ...string) measurement {
+	return measureAt(b, server, serverCPU, clientCPU, conns, size, seconds, 0, flags...)
+}
+
+// measureAt is measure with the load paced to rate round trips per second (0: full speed).
+func measureAt(b *testing.B, server, serverCPU, clientCPU string, conns, size, seconds int, rate float64, flags ...string) measurement {
 	p := startBenchServer(b, server, serverCPU, flags...)
 	defer p.stop(b, syscall.SIGTERM)
 	cmd := pinned(clientCPU, labtest.ProgramCommand("load", "-addr", p.addr.String(), "-conns", strconv.Itoa(conns),
-		"-size", strconv.Itoa(size), "-duration", fmt.Sprintf("%ds", seconds), "-json"))
+		"-size", strconv.Itoa(size), "-duration", fmt.Sprintf("%ds", seconds), "-rate", fmt.Sprint(rate), "-json"))
 	// The load generator keeps its own GOMAXPROCS choice whatever a variant sets for the
 	// server (the last entry wins; empty counts as unset).
 	cmd.Env = append(cmd.Env, "GOMAXPROCS=")
