@@ -496,12 +496,7 @@ func workerPool(d *lab.Demo, workers, clients int) (PoolResult, error) {
 	s.trace = d.Narrator
 	served := make(chan error, 1)
 	go func() { served <- s.Serve() }()
-	stop := func() error {
-		if err := s.Wake(); err != nil {
-			return err
-		}
-		return <-served
-	}
+	stop := func() error { return stopServer(s, served) }
 
 	d.Step("%d clients connect and each sends one line", clients)
 	fds := make([]int, 0, clients)
@@ -553,6 +548,23 @@ func workerPool(d *lab.Demo, workers, clients int) (PoolResult, error) {
 	d.Say("the clients close theirs:")
 	r.Overlaps = s.Stats.Overlaps.Load()
 	return r, err
+}
+
+// stopTimeout bounds how long stopServer waits for Serve to return after the wake-up.
+const stopTimeout = 10 * time.Second
+
+// stopServer wakes s and waits for its Serve, which delivers its result on served, to return.
+// The wait is bounded: a loop that does not wake up is a bug to report, not to hang on.
+func stopServer(s *Server, served <-chan error) error {
+	if err := s.Wake(); err != nil {
+		return fmt.Errorf("waking the server: %w", err)
+	}
+	select {
+	case err := <-served:
+		return err
+	case <-time.After(stopTimeout):
+		return fmt.Errorf("the server's Serve did not return within %v of the eventfd wake-up", stopTimeout)
+	}
 }
 
 // waitAccepted waits until the kernel shows the server end of a connection held by an fd
@@ -674,8 +686,8 @@ func sendUntilSettled(fd int, client, server netip.AddrPort) (settledSend, error
 	return r, nil
 }
 
-func slowReader(d *lab.Demo, cfg ServerConfig) (BackpressureResult, error) {
-	r := BackpressureResult{Chunk: cfg.ChunkSize}
+func slowReader(d *lab.Demo, cfg ServerConfig) (r BackpressureResult, err error) {
+	r = BackpressureResult{Chunk: cfg.ChunkSize}
 	d.Step("Start a server that reads at most %d bytes of a connection at a time", cfg.ChunkSize)
 	d.Say("mode: %s", cfg.Mode())
 	cfg.Addr = loopback
@@ -686,8 +698,8 @@ func slowReader(d *lab.Demo, cfg ServerConfig) (BackpressureResult, error) {
 	served := make(chan error, 1)
 	go func() { served <- s.Serve() }()
 	defer func() {
-		if werr := s.Wake(); werr == nil {
-			<-served
+		if serr := stopServer(s, served); err == nil {
+			err = serr
 		}
 	}()
 	d.Result("listening on %s", s.Addr)

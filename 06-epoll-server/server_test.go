@@ -35,18 +35,29 @@ import (
 // startServer runs an in-process server until the test ends.
 func startServer(t *testing.T, cfg ServerConfig) *Server {
 	t.Helper()
+	s, stop := serveInProcess(t, cfg)
+	t.Cleanup(func() { require.NoError(t, stop()) })
+	return s
+}
+
+// serveInProcess starts an in-process server and returns it with stop, which wakes it and
+// waits a bounded time for Serve to return (stopServer). Calling stop again returns the
+// first call's result.
+func serveInProcess(t *testing.T, cfg ServerConfig) (*Server, func() error) {
+	t.Helper()
 	if !cfg.Addr.IsValid() {
 		cfg.Addr = loopback
 	}
 	s, err := Listen(cfg, lab.Quiet())
 	require.NoError(t, err)
-	done := make(chan error, 1)
-	go func() { done <- s.Serve() }()
-	t.Cleanup(func() {
-		require.NoError(t, s.Wake())
-		require.NoError(t, <-done)
-	})
-	return s
+	served := make(chan error, 1)
+	go func() { served <- s.Serve() }()
+	var once sync.Once
+	var stopErr error
+	return s, func() error {
+		once.Do(func() { stopErr = stopServer(s, served) })
+		return stopErr
+	}
 }
 
 // echoOnce sends msg on a new connection and checks the exact echo.
