@@ -651,7 +651,8 @@ type settledSend struct {
 
 // sendUntilSettled sends 32 KiB at a time on the connected non-blocking fd, never reading,
 // until send() returns EAGAIN and the kernel's queues between client and server stay still.
-func sendUntilSettled(fd int, client, server netip.AddrPort) (settledSend, error) {
+// Byte i of what it sends is stream(i), or 0 when stream is nil.
+func sendUntilSettled(fd int, client, server netip.AddrPort, stream func(i int) byte) (settledSend, error) {
 	var r settledSend
 	chunk := make([]byte, 32<<10)
 	const limit = 256 << 20 // far beyond every buffer together: an unbounded server would reach it
@@ -665,6 +666,11 @@ func sendUntilSettled(fd int, client, server netip.AddrPort) (settledSend, error
 			return r, fmt.Errorf("the client could still send after %d bytes: no backpressure", r.sent)
 		}
 		for r.sent < limit {
+			if stream != nil {
+				for i := range chunk {
+					chunk[i] = stream(r.sent + i)
+				}
+			}
 			n, err := unix.SendmsgN(fd, chunk, nil, nil, unix.MSG_NOSIGNAL)
 			r.calls++
 			if err != nil {
@@ -730,7 +736,7 @@ func slowReader(d *lab.Demo, cfg ServerConfig) (r BackpressureResult, err error)
 	local, _ := unix.Getsockname(fd)
 	client := lab.AddrPortOf(local)
 
-	settled, err := sendUntilSettled(fd, client, s.Addr)
+	settled, err := sendUntilSettled(fd, client, s.Addr, nil)
 	r.Sent, r.Queues = settled.sent, settled.queues
 	if err != nil {
 		return r, err

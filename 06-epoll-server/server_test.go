@@ -220,7 +220,7 @@ func TestSpliceHoldsPendingOutputInAPipe(t *testing.T) {
 	}
 	require.NoError(t, unix.Connect(fd, lab.SockaddrOf(p.addr)))
 	require.NoError(t, unix.SetNonblock(fd, true))
-	settled, err := sendUntilSettled(fd, labtest.LocalAddr(t, fd), p.addr)
+	settled, err := sendUntilSettled(fd, labtest.LocalAddr(t, fd), p.addr, nil)
 	require.NoError(t, err)
 	held := settled.queues.held(settled.sent)
 	inPipes := pipeBytes(t, p.cmd.Process.Pid)
@@ -275,36 +275,150 @@ func closeOnExec(pid int, fd string) bool {
 	return false
 }
 
-// A client that resets the connection while the server has output pending for it (and is
-// writing into a full socket): the server gets ECONNRESET/EPIPE, closes its end — the kernel
-// shows the socket gone — and goes on serving.
+// streamByte is byte i of the stream the backpressure tests send: a hash of the offset, so a
+// byte lost, repeated or reordered anywhere changes the bytes that follow it.
+func streamByte(i int) byte {
+	return byte(uint64(i) * 0x9E3779B97F4A7C15 >> 56)
+}
+
+// backpressure connects a client with 64 KiB buffers to the server at addr and sends the
+// stream (streamByte) without reading, until send() returns EAGAIN and the kernel's queues stay
+// still (sendUntilSettled). Then it checks, from the kernel's queues alone, that the server is
+// backpressured: the client's Recv-Q and the server's Send-Q hold echo nobody read, and the
+// server process holds output the kernel would not take (held, part F) — more than 0 bytes,
+// which only a send() that hit EAGAIN leaves, and at most one chunk.
+func backpressure(t *testing.T, addr netip.AddrPort, chunk int) (fd int, client netip.AddrPort, settled settledSend) {
+	t.Helper()
+	fd = labtest.Socket(t, addr, unix.SOCK_STREAM)
+	for _, opt := range []int{unix.SO_RCVBUF, unix.SO_SNDBUF} {
+		require.NoError(t, unix.SetsockoptInt(fd, unix.SOL_SOCKET, opt, 64<<10))
+	}
+	require.NoError(t, unix.Connect(fd, lab.SockaddrOf(addr)))
+	require.NoError(t, unix.SetNonblock(fd, true))
+	client = labtest.LocalAddr(t, fd)
+	settled, err := sendUntilSettled(fd, client, addr, streamByte)
+	require.NoError(t, err)
+	q := settled.queues
+	held := q.held(settled.sent)
+	t.Logf("sent %d B; client Send-Q %d, server Recv-Q %d, server Send-Q %d, client Recv-Q %d; server holds %d B",
+		settled.sent, q.ClientSendQ, q.ServerRecvQ, q.ServerSendQ, q.ClientRecvQ, held)
+	require.Positive(t, q.ClientRecvQ, "the client's Recv-Q holds echo it has not read")
+	require.Positive(t, q.ServerSendQ, "the server's Send-Q holds echo the client cannot take")
+	require.Positive(t, held, "the server holds output its send() could not hand to the kernel")
+	require.LessOrEqual(t, held, chunk, "at most one chunk")
+	return fd, client, settled
+}
+
+// exchangeUntilEOF drives the non-blocking client fd of a backpressured connection to its end:
+// it reads the echo, checking every byte against streamByte from offset 0, while it sends the
+// stream on from offset sent up to total, then half-closes (SHUT_WR) and reads until the
+// server's FIN. It returns how many bytes of echo arrived before EOF.
+func exchangeUntilEOF(fd, sent, total int, timeout time.Duration) (int, error) {
+	in := make([]byte, 64<<10)
+	out := make([]byte, 32<<10)
+	received, shut, start := 0, false, sent
+	deadline := time.Now().Add(timeout)
+	// Every pass moves bytes or waits in poll(2) for the socket; the deadline ends it sooner.
+	for range 10_000_000 {
+		if !shut && sent == total {
+			if err := unix.Shutdown(fd, unix.SHUT_WR); err != nil {
+				return received, err
+			}
+			shut = true
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return received, fmt.Errorf("after %v: %d of %d bytes echoed, %d sent", timeout, received, total, sent)
+		}
+		events := int16(unix.POLLIN)
+		if !shut {
+			events |= unix.POLLOUT
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: events}}
+		if _, err := unix.Poll(pfd, int(min(left, time.Second).Milliseconds())+1); err != nil && err != unix.EINTR {
+			return received, err
+		}
+		if pfd[0].Revents&(unix.POLLIN|unix.POLLHUP|unix.POLLERR) != 0 {
+			n, err := unix.Read(fd, in)
+			switch {
+			case err == unix.EAGAIN || err == unix.EINTR:
+			case err != nil:
+				return received, fmt.Errorf("read after %d bytes of echo: %w", received, err)
+			case n == 0:
+				return received, nil // the server's FIN
+			default:
+				for i, b := range in[:n] {
+					if want := streamByte(received + i); b != want {
+						return received + i, fmt.Errorf("byte %d of the echo is %#02x, want %#02x (%d bytes sent before the exchange)",
+							received+i, b, want, start)
+					}
+				}
+				received += n
+			}
+		}
+		if !shut && pfd[0].Revents&unix.POLLOUT != 0 {
+			k := min(len(out), total-sent)
+			for i := range k {
+				out[i] = streamByte(sent + i)
+			}
+			n, err := unix.SendmsgN(fd, out[:k], nil, nil, unix.MSG_NOSIGNAL)
+			if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+				return received, fmt.Errorf("send after %d bytes: %w", sent, err)
+			}
+			sent += max(n, 0)
+		}
+	}
+	return received, fmt.Errorf("no EOF after %d bytes of echo", received)
+}
+
+// Output the server had to hold back reaches the client later, byte for byte. A client that
+// never reads drives the server into backpressure, which the kernel's queues show (backpressure:
+// the server holds output, so some send() hit EAGAIN and kept the rest in c.out, or with -splice
+// in the connection's pipe); then the client reads everything while it sends 1 MiB more,
+// half-closes, and compares every byte of the echo up to the server's FIN. The tests that read
+// while they write (TestManyClientsGetExactEchoes) seldom make the server hold anything, so a
+// byte lost on the EAGAIN path would pass them.
+func TestBackpressuredOutputArrivesExactly(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []struct {
+		name string
+		cfg  ServerConfig
+	}{
+		{"inline-LT", ServerConfig{ChunkSize: 16 << 10}},
+		{"inline-ET", ServerConfig{ChunkSize: 16 << 10, EdgeTriggered: true}},
+		{"workers", ServerConfig{ChunkSize: 16 << 10, Workers: 2}},
+		{"splice", ServerConfig{ChunkSize: 16 << 10, Splice: true}},
+		{"small-chunks", ServerConfig{ChunkSize: 100}},
+		{"small-chunks-splice", ServerConfig{ChunkSize: 100, Splice: true}},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			t.Parallel()
+			s := startServer(t, mode.cfg)
+			fd, _, settled := backpressure(t, s.Addr, mode.cfg.ChunkSize)
+			total := settled.sent + 1<<20
+			echoed, err := exchangeUntilEOF(fd, settled.sent, total, 30*time.Second)
+			require.NoError(t, err)
+			assert.Equal(t, total, echoed, "every byte sent comes back, then EOF")
+		})
+	}
+}
+
+// A client that resets the connection while the server has output pending for it: the
+// server is backpressured first (backpressure: the kernel's queues show it holds output its
+// send() could not hand over, and its Send-Q is full), so its next send() or splice() into the
+// socket meets the RST. The server gets ECONNRESET/EPIPE, closes its end — its descriptor
+// leaves /proc/self/fd — and goes on serving.
 func TestResetMidWriteIsSurvived(t *testing.T) {
 	t.Parallel()
 	for _, cfg := range []ServerConfig{{ChunkSize: 16 << 10}, {ChunkSize: 16 << 10, Workers: 2}, {ChunkSize: 16 << 10, Splice: true}} {
 		t.Run(cfg.Mode(), func(t *testing.T) {
 			t.Parallel()
 			s := startServer(t, cfg)
-			fd := labtest.Socket(t, s.Addr, unix.SOCK_STREAM)
-			require.NoError(t, unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 32<<10))
-			require.NoError(t, unix.Connect(fd, lab.SockaddrOf(s.Addr)))
-			require.NoError(t, unix.SetNonblock(fd, true))
-			client := labtest.LocalAddr(t, fd)
-			chunk := make([]byte, 32<<10)
-			// Fill until the server's send queue holds data it cannot deliver.
-			var inode uint32
-			labtest.WaitFor(t, 20*time.Second, "the server's Send-Q to fill", func() (bool, string) {
-				for range 64 {
-					if _, err := unix.SendmsgN(fd, chunk, nil, nil, unix.MSG_NOSIGNAL); err != nil {
-						break
-					}
-				}
-				srv, found, err := sockdiag.Find(s.Addr, client)
-				if err != nil || !found {
-					return false, fmt.Sprint(err)
-				}
-				inode = srv.Inode
-				return srv.SendQ > 0 && srv.RecvQ > 0, srv.String()
-			})
+			fd, client, _ := backpressure(t, s.Addr, cfg.ChunkSize)
+			srv, found, err := sockdiag.Find(s.Addr, client)
+			require.NoError(t, err)
+			require.True(t, found && srv.HasFD(), "the server's end: %v", srv)
+			inode := srv.Inode
 			// SO_LINGER {on, 0}: close() sends RST instead of FIN.
 			require.NoError(t, unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}))
 			labtest.CloseNow(t, fd)
