@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -660,7 +661,8 @@ func dialAccepted(t *testing.T, addr netip.AddrPort) int {
 func TestEMFILEShedsWithoutSpinning(t *testing.T) {
 	t.Parallel()
 	// -splice: with no fd left for a pipe, the echo falls back to read and sendmsg.
-	for _, mode := range [][]string{nil, {"-et"}, {"-splice"}} {
+	// -trace: the shedding is narrated too.
+	for _, mode := range [][]string{nil, {"-et"}, {"-splice"}, {"-trace"}} {
 		t.Run(strings.Join(append([]string{"mode"}, mode...), ""), func(t *testing.T) {
 			t.Parallel()
 			p := startServerProcess(t, append([]string{"-nofile", "24", "-backlog", "64"}, mode...)...)
@@ -732,6 +734,11 @@ func TestEMFILEShedsWithoutSpinning(t *testing.T) {
 			})
 			assert.Equal(t, 0, p.stop(t, syscall.SIGTERM), p.output())
 			assert.Contains(t, p.output(), "shed ")
+			if slices.Contains(mode, "-trace") {
+				for _, call := range []string{"(the reserve fd, to accept and shed) = 0", "(shed: the client reads EOF) = 0"} {
+					assert.Contains(t, p.output(), call)
+				}
+			}
 		})
 	}
 }
