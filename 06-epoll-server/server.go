@@ -34,7 +34,8 @@ type ServerConfig struct {
 	ChunkSize int
 	// Backlog is listen(2)'s backlog.
 	Backlog int
-	// NoFile, when > 0, lowers the soft RLIMIT_NOFILE first (to show EMFILE handling).
+	// NoFile, when > 0, sets the soft RLIMIT_NOFILE first, at most the hard limit (a low value
+	// shows EMFILE handling).
 	NoFile int
 	// GoSyscall enters read and sendmsg on connections through Go's Syscall, as unix.Read
 	// does, instead of RawSyscall (readNonblocking): the slower way, kept to compare.
@@ -139,7 +140,7 @@ func (s *Server) setup() error {
 		lim.Cur = uint64(cfg.NoFile)
 		err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
 		if n.Sys(0, err, "setrlimit(RLIMIT_NOFILE, {rlim_cur=%d, rlim_max=%d})", lim.Cur, lim.Max) != nil {
-			return err
+			return fmt.Errorf("setrlimit(RLIMIT_NOFILE) to %d (hard limit %d): %w", lim.Cur, lim.Max, err)
 		}
 	}
 	var lim unix.Rlimit

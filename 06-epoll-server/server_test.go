@@ -952,6 +952,8 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{"server", "-chunk", "0"},
 		{"server", "-nofile", "3"},
 		{"server", "-work", "-1s"},
+		{"server", "-backlog", "4294967295"}, // listen(2) would get it truncated to an int
+		{"server", "-backlog", "0"},
 		{"server", "stray"},
 		{"load", "-conns", "0"},
 		{"load", "-size", "0"},
@@ -964,6 +966,21 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		assert.Contains(t, stderr, "usage:", "%v", args)
 		assert.NotContains(t, stderr, "panic", "%v", args)
 	}
+}
+
+// -nofile above the hard RLIMIT_NOFILE is a usage error that names the hard limit, not
+// setrlimit's bare EINVAL.
+func TestNoFileAboveHardLimitIsAUsageError(t *testing.T) {
+	t.Parallel()
+	var lim unix.Rlimit
+	require.NoError(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &lim))
+	if lim.Max >= 1<<20 {
+		t.Skipf("the hard RLIMIT_NOFILE is %d, above what -nofile accepts at all", lim.Max)
+	}
+	_, stderr, code := labtest.RunProgram(t, nil, "server", "-nofile", strconv.FormatUint(lim.Max+1, 10))
+	assert.Equal(t, 2, code, stderr)
+	assert.Contains(t, stderr, fmt.Sprintf("above the hard limit of %d", lim.Max))
+	assert.NotContains(t, stderr, "panic")
 }
 
 // A port in use is a one-line runtime error with a hint, exit 1.
