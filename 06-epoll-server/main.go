@@ -471,7 +471,13 @@ func rdhupOnHalfClose(d *lab.Demo) (RDHUPResult, error) {
 	if len(masks) == 1 {
 		r.AfterBothShut = masks[0]
 	}
-	r.ServerState, _ = sockdiag.StateOf(p.sfd)
+	// EPOLLHUP comes with the shutdown itself; the server end passes from LAST_ACK to CLOSE
+	// only when the client's ACK of its FIN arrives. On loopback that has usually happened
+	// already; ask the kernel until it has, with a deadline, rather than assume it.
+	lab.Poll(5*time.Second, func() bool {
+		r.ServerState, _ = sockdiag.StateOf(p.sfd)
+		return r.ServerState == sockdiag.Close
+	})
 	d.Say("TCP_INFO on fd %d: %v (sock_diag lists no CLOSE sockets; the client's end waits in TIME_WAIT)", p.sfd, r.ServerState)
 	d.Kernel(sockdiag.Filter{Ports: []uint16{p.client.Port()}})
 	return r, nil
