@@ -93,7 +93,8 @@ func TestRDHUPLeavesServerEndClosed(t *testing.T) {
 }
 
 // A report whose generation does not match the connection now holding that fd number is about
-// a connection closed earlier in the same batch, and is dropped.
+// a connection that is gone, and is dropped. (The server never produces one — see the loop in
+// server.go — so this checks the lookup alone.)
 func TestStaleEventIsDropped(t *testing.T) {
 	s := &Server{conns: make([]atomic.Pointer[conn], 16)}
 	c := &conn{fd: 12, gen: 7}

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -233,7 +234,7 @@ func (s *Server) Wake() error {
 		return nil // already shut down
 	}
 	var one [8]byte
-	one[0] = 1 // the counter is a host-endian uint64; x86 is little-endian
+	binary.NativeEndian.PutUint64(one[:], 1) // the counter is a uint64 in host byte order (eventfd(2))
 	_, err := unix.Write(s.wakefd, one[:])
 	if errors.Is(err, unix.EAGAIN) { // counter saturated: a wake-up is already pending
 		err = nil
@@ -296,7 +297,10 @@ func (s *Server) loop() error {
 			default:
 				c := s.lookup(ev)
 				if c == nil {
-					continue // a report for a connection closed earlier in this batch
+					// A report for a connection that is gone. Defence in depth: one
+					// epoll_wait reports an entry once, and the server closes a connection
+					// (after EPOLL_CTL_DEL) only while handling its own report, so none comes.
+					continue
 				}
 				if s.jobs != nil {
 					s.jobs <- job{c, ev.Events}
