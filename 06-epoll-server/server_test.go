@@ -118,6 +118,24 @@ func TestManyClientsGetExactEchoes(t *testing.T) {
 	}
 }
 
+// EPOLLONESHOT keeps every connection with one worker at a time. Small chunks and CPU work
+// between each read and its send make two workers holding one connection show in the bytes:
+// both read a chunk, and whichever finishes its work first sends first, out of order. Without
+// EPOLLONESHOT this fails (the level-triggered loop hands a connection to a second worker while
+// the first still works on it); TestManyClientsGetExactEchoes's larger chunks mostly do not.
+func TestWorkersNeverShareAConnection(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, ServerConfig{Workers: 4, ChunkSize: 64, Work: 200 * time.Microsecond})
+	const clients, perClient = 8, 16 << 10
+	errs := make(chan error, clients)
+	for i := range clients {
+		go func() { errs <- streamEcho(s.Addr, perClient, uint64(1000+i)) }()
+	}
+	for range clients {
+		assert.NoError(t, <-errs)
+	}
+}
+
 // streamEcho writes n random bytes in random pieces while a second goroutine reads the echo,
 // and compares.
 func streamEcho(addr netip.AddrPort, n int, seed uint64) error {
