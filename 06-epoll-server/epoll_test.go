@@ -82,16 +82,19 @@ func TestEventStringNamesEveryBit(t *testing.T) {
 	assert.Equal(t, "[{EPOLLIN, fd 7}]", EventsString([]unix.EpollEvent{{Events: unix.EPOLLIN, Fd: 7}}))
 }
 
-// The server-side half of a pair is CLOSE after both shutdowns; the kernel agrees.
+// The server-side half of a pair reaches CLOSE after both shutdowns, as TCP_INFO reports it
+// (the demo asks until it does, for at most 5 s: it passes through LAST_ACK until the
+// client's ACK of its FIN arrives).
 func TestRDHUPLeavesServerEndClosed(t *testing.T) {
 	t.Parallel()
 	r, err := rdhupOnHalfClose(quiet())
 	require.NoError(t, err)
-	assert.Contains(t, []sockdiag.State{sockdiag.LastAck, sockdiag.Close}, r.ServerState)
+	assert.Equal(t, sockdiag.Close, r.ServerState)
 }
 
 // A report whose generation does not match the connection now holding that fd number is about
-// a connection closed earlier in the same batch, and is dropped.
+// a connection that is gone, and is dropped. (The server never produces one — see the loop in
+// server.go — so this checks the lookup alone.)
 func TestStaleEventIsDropped(t *testing.T) {
 	s := &Server{conns: make([]atomic.Pointer[conn], 16)}
 	c := &conn{fd: 12, gen: 7}

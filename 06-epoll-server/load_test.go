@@ -5,6 +5,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -43,12 +44,23 @@ func TestLoadGeneratorHoldsIdleConnections(t *testing.T) {
 	done := make(chan error, 1)
 	ready := make(chan int, 1)
 	stop := make(chan struct{})
+	var stopOnce sync.Once
+	halt := func() { stopOnce.Do(func() { close(stop) }) }
+	t.Cleanup(halt) // also when the test fails before it stops the load itself
 	go func() {
 		_, err := RunLoad(LoadConfig{Addr: s.Addr, Conns: conns, Size: 1, Duration: time.Minute, Idle: true,
 			Ready: func(n int) { ready <- n }, Stop: stopSignal(stop)})
 		done <- err
 	}()
-	require.Equal(t, conns, <-ready)
+	// RunLoad calls Ready only once every connection is open; if it fails first, it returns.
+	select {
+	case n := <-ready:
+		require.Equal(t, conns, n)
+	case err := <-done:
+		t.Fatalf("RunLoad returned before its connections were ready: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("RunLoad opened no %d connections within 20 s", conns)
+	}
 	labtest.WaitFor(t, 10*time.Second, "the server to hold every idle connection", func() (bool, string) {
 		socks, err := sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: s.Addr, States: []sockdiag.State{sockdiag.Established}})
 		n := 0
@@ -59,8 +71,13 @@ func TestLoadGeneratorHoldsIdleConnections(t *testing.T) {
 		}
 		return err == nil && n == conns, fmt.Sprint(n, err)
 	})
-	close(stop)
-	require.NoError(t, <-done)
+	halt()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("RunLoad did not return within 20 s of Stop")
+	}
 }
 
 // The load role prints JSON the benchmark parses.

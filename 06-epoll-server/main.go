@@ -471,7 +471,13 @@ func rdhupOnHalfClose(d *lab.Demo) (RDHUPResult, error) {
 	if len(masks) == 1 {
 		r.AfterBothShut = masks[0]
 	}
-	r.ServerState, _ = sockdiag.StateOf(p.sfd)
+	// EPOLLHUP comes with the shutdown itself; the server end passes from LAST_ACK to CLOSE
+	// only when the client's ACK of its FIN arrives. On loopback that has usually happened
+	// already; ask the kernel until it has, with a deadline, rather than assume it.
+	lab.Poll(5*time.Second, func() bool {
+		r.ServerState, _ = sockdiag.StateOf(p.sfd)
+		return r.ServerState == sockdiag.Close
+	})
 	d.Say("TCP_INFO on fd %d: %v (sock_diag lists no CLOSE sockets; the client's end waits in TIME_WAIT)", p.sfd, r.ServerState)
 	d.Kernel(sockdiag.Filter{Ports: []uint16{p.client.Port()}})
 	return r, nil
@@ -496,12 +502,7 @@ func workerPool(d *lab.Demo, workers, clients int) (PoolResult, error) {
 	s.trace = d.Narrator
 	served := make(chan error, 1)
 	go func() { served <- s.Serve() }()
-	stop := func() error {
-		if err := s.Wake(); err != nil {
-			return err
-		}
-		return <-served
-	}
+	stop := func() error { return stopServer(s, served) }
 
 	d.Step("%d clients connect and each sends one line", clients)
 	fds := make([]int, 0, clients)
@@ -553,6 +554,23 @@ func workerPool(d *lab.Demo, workers, clients int) (PoolResult, error) {
 	d.Say("the clients close theirs:")
 	r.Overlaps = s.Stats.Overlaps.Load()
 	return r, err
+}
+
+// stopTimeout bounds how long stopServer waits for Serve to return after the wake-up.
+const stopTimeout = 10 * time.Second
+
+// stopServer wakes s and waits for its Serve, which delivers its result on served, to return.
+// The wait is bounded: a loop that does not wake up is a bug to report, not to hang on.
+func stopServer(s *Server, served <-chan error) error {
+	if err := s.Wake(); err != nil {
+		return fmt.Errorf("waking the server: %w", err)
+	}
+	select {
+	case err := <-served:
+		return err
+	case <-time.After(stopTimeout):
+		return fmt.Errorf("the server's Serve did not return within %v of the eventfd wake-up", stopTimeout)
+	}
 }
 
 // waitAccepted waits until the kernel shows the server end of a connection held by an fd
@@ -639,7 +657,8 @@ type settledSend struct {
 
 // sendUntilSettled sends 32 KiB at a time on the connected non-blocking fd, never reading,
 // until send() returns EAGAIN and the kernel's queues between client and server stay still.
-func sendUntilSettled(fd int, client, server netip.AddrPort) (settledSend, error) {
+// Byte i of what it sends is stream(i), or 0 when stream is nil.
+func sendUntilSettled(fd int, client, server netip.AddrPort, stream func(i int) byte) (settledSend, error) {
 	var r settledSend
 	chunk := make([]byte, 32<<10)
 	const limit = 256 << 20 // far beyond every buffer together: an unbounded server would reach it
@@ -653,6 +672,11 @@ func sendUntilSettled(fd int, client, server netip.AddrPort) (settledSend, error
 			return r, fmt.Errorf("the client could still send after %d bytes: no backpressure", r.sent)
 		}
 		for r.sent < limit {
+			if stream != nil {
+				for i := range chunk {
+					chunk[i] = stream(r.sent + i)
+				}
+			}
 			n, err := unix.SendmsgN(fd, chunk, nil, nil, unix.MSG_NOSIGNAL)
 			r.calls++
 			if err != nil {
@@ -674,8 +698,8 @@ func sendUntilSettled(fd int, client, server netip.AddrPort) (settledSend, error
 	return r, nil
 }
 
-func slowReader(d *lab.Demo, cfg ServerConfig) (BackpressureResult, error) {
-	r := BackpressureResult{Chunk: cfg.ChunkSize}
+func slowReader(d *lab.Demo, cfg ServerConfig) (r BackpressureResult, err error) {
+	r = BackpressureResult{Chunk: cfg.ChunkSize}
 	d.Step("Start a server that reads at most %d bytes of a connection at a time", cfg.ChunkSize)
 	d.Say("mode: %s", cfg.Mode())
 	cfg.Addr = loopback
@@ -686,8 +710,8 @@ func slowReader(d *lab.Demo, cfg ServerConfig) (BackpressureResult, error) {
 	served := make(chan error, 1)
 	go func() { served <- s.Serve() }()
 	defer func() {
-		if werr := s.Wake(); werr == nil {
-			<-served
+		if serr := stopServer(s, served); err == nil {
+			err = serr
 		}
 	}()
 	d.Result("listening on %s", s.Addr)
@@ -718,7 +742,7 @@ func slowReader(d *lab.Demo, cfg ServerConfig) (BackpressureResult, error) {
 	local, _ := unix.Getsockname(fd)
 	client := lab.AddrPortOf(local)
 
-	settled, err := sendUntilSettled(fd, client, s.Addr)
+	settled, err := sendUntilSettled(fd, client, s.Addr, nil)
 	r.Sent, r.Queues = settled.sent, settled.queues
 	if err != nil {
 		return r, err

@@ -4,8 +4,10 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -27,8 +29,8 @@ func serverRole(args []string, stdout, stderr io.Writer) error {
 	workers := fs.Int("workers", 0, "0 handles events on the event loop; N>0 hands them to N workers (EPOLLONESHOT)")
 	work := fs.Duration("work", 0, "simulated CPU work per message (e.g. 50us)")
 	chunk := fs.Int("chunk", DefaultChunk, "bytes per read = most output pending per connection (backpressure bound)")
-	backlog := fs.Int("backlog", 4096, "listen(2) backlog")
-	nofile := fs.Int("nofile", 0, "lower the soft RLIMIT_NOFILE to this first (shows EMFILE handling)")
+	backlog := fs.Int("backlog", 4096, "listen(2) backlog (the kernel caps it at net.core.somaxconn)")
+	nofile := fs.Int("nofile", 0, "set the soft RLIMIT_NOFILE to this first, at most the hard limit (a low one shows EMFILE handling)")
 	goSyscall := fs.Bool("gosyscall", false, "enter read and sendmsg through Go's Syscall, as unix.Read does (slower; to compare)")
 	noYield := fs.Bool("noyield", false, "never yield the event loop to Go's scheduler (slower: sysmon preempts it; to compare)")
 	splice := fs.Bool("splice", false, "echo through a pipe with splice(2): the bytes never enter user space (as io.Copy does)")
@@ -47,10 +49,20 @@ func serverRole(args []string, stdout, stderr io.Writer) error {
 		return lab.Usagef("-work %v: want 0 to 1s of CPU per message", *work)
 	case *chunk < 1 || *chunk > 16<<20:
 		return lab.Usagef("-chunk %d: want 1 to 16777216 bytes", *chunk)
-	case *backlog < 1:
-		return lab.Usagef("-backlog %d: want at least 1", *backlog)
+	case *backlog < 1 || *backlog > math.MaxInt32:
+		// listen(2) takes an int: a larger value would reach the kernel truncated.
+		return lab.Usagef("-backlog %d: want 1 to %d (the kernel caps it at net.core.somaxconn anyway: "+
+			"cat /proc/sys/net/core/somaxconn)", *backlog, math.MaxInt32)
 	case *nofile != 0 && (*nofile < 16 || *nofile > 1<<20):
 		return lab.Usagef("-nofile %d: want 16 to 1048576 (the server itself needs about 10 fds)", *nofile)
+	}
+	if *nofile > 0 {
+		// setrlimit(2) refuses a soft limit above the hard one with a bare EINVAL; say why here.
+		var lim unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err == nil && uint64(*nofile) > lim.Max {
+			return lab.Usagef("-nofile %d: above the hard limit of %d (ulimit -Hn); want 16 to %d, or raise the hard limit as root",
+				*nofile, lim.Max, lim.Max)
+		}
 	}
 	cfg := ServerConfig{Addr: ap, EdgeTriggered: *et, Workers: *workers, Work: *work,
 		ChunkSize: *chunk, Backlog: *backlog, NoFile: *nofile, GoSyscall: *goSyscall, NoYield: *noYield, Splice: *splice}
@@ -142,11 +154,23 @@ func stdServerRole(args []string, stdout, stderr io.Writer) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	go func() { <-sigs; ln.Close() }()
+	var delay time.Duration
 	for {
 		c, err := ln.Accept()
-		if err != nil {
+		switch {
+		case errors.Is(err, net.ErrClosed):
 			return nil // closed by the signal
+		case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE), errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
+			// Out of descriptors or memory: the connection stays queued, so retrying at once
+			// would spin. Wait and retry, 5 ms doubling up to 1 s, as net/http's Server does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			fmt.Fprintf(stderr, "accept: %v; retrying in %v\n", err, delay)
+			time.Sleep(delay) // a back-off, not synchronisation: a signal's Close ends the next Accept
+			continue
+		case err != nil:
+			return fmt.Errorf("accept: %w", err)
 		}
+		delay = 0
 		go func() {
 			defer c.Close()
 			_, _ = io.Copy(c, c)

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -34,7 +35,8 @@ type ServerConfig struct {
 	ChunkSize int
 	// Backlog is listen(2)'s backlog.
 	Backlog int
-	// NoFile, when > 0, lowers the soft RLIMIT_NOFILE first (to show EMFILE handling).
+	// NoFile, when > 0, sets the soft RLIMIT_NOFILE first, at most the hard limit (a low value
+	// shows EMFILE handling).
 	NoFile int
 	// GoSyscall enters read and sendmsg on connections through Go's Syscall, as unix.Read
 	// does, instead of RawSyscall (readNonblocking): the slower way, kept to compare.
@@ -89,16 +91,21 @@ type Server struct {
 	traceEINTR bool
 
 	lfd, epfd, wakefd int
-	wakeMu            sync.Mutex  // guards wakefd between Wake and shutdown
-	reservefd         int         // an fd kept open to give back when accept hits EMFILE
-	paused            atomic.Bool // listener disarmed because fds ran out and no reserve was left
-	Addr              netip.AddrPort
+	// mu guards what goroutines other than the event loop use while it runs: wakefd (Wake),
+	// and the listener's interest, which a worker's close or the accept back-off timer re-arms
+	// (paused). shutdown takes it to close the fds.
+	mu        sync.Mutex
+	paused    bool // listener disarmed: no fd was free for the reserve, or accept4 failed oddly
+	reservefd int  // an fd kept open to give back when accept hits EMFILE (event loop only)
+	// Addr is the address the listener is bound to (the port bind picked, for port 0).
+	Addr netip.AddrPort
 
 	conns   []atomic.Pointer[conn] // indexed by fd
 	nextGen int32
 	jobs    chan job
 	workers sync.WaitGroup
-	Stats   Stats
+	// Stats are the server's own counters, safe to read while it runs.
+	Stats Stats
 }
 
 type job struct {
@@ -134,7 +141,7 @@ func (s *Server) setup() error {
 		lim.Cur = uint64(cfg.NoFile)
 		err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
 		if n.Sys(0, err, "setrlimit(RLIMIT_NOFILE, {rlim_cur=%d, rlim_max=%d})", lim.Cur, lim.Max) != nil {
-			return err
+			return fmt.Errorf("setrlimit(RLIMIT_NOFILE) to %d (hard limit %d): %w", lim.Cur, lim.Max, err)
 		}
 	}
 	var lim unix.Rlimit
@@ -221,13 +228,13 @@ func (s *Server) setup() error {
 func (s *Server) Wake() error {
 	// The lock keeps Wake from writing to the eventfd's number after shutdown closed it (and
 	// the number went to some other file).
-	s.wakeMu.Lock()
-	defer s.wakeMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.wakefd < 0 {
 		return nil // already shut down
 	}
 	var one [8]byte
-	one[0] = 1 // the counter is a host-endian uint64; x86 is little-endian
+	binary.NativeEndian.PutUint64(one[:], 1) // the counter is a uint64 in host byte order (eventfd(2))
 	_, err := unix.Write(s.wakefd, one[:])
 	if errors.Is(err, unix.EAGAIN) { // counter saturated: a wake-up is already pending
 		err = nil
@@ -290,7 +297,10 @@ func (s *Server) loop() error {
 			default:
 				c := s.lookup(ev)
 				if c == nil {
-					continue // a report for a connection closed earlier in this batch
+					// A report for a connection that is gone. Defence in depth: one
+					// epoll_wait reports an entry once, and the server closes a connection
+					// (after EPOLL_CTL_DEL) only while handling its own report, so none comes.
+					continue
 				}
 				if s.jobs != nil {
 					s.jobs <- job{c, ev.Events}
@@ -388,7 +398,14 @@ func (s *Server) acceptReady() {
 			}
 			continue
 		default:
-			s.n.Say("accept4: %v", err)
+			// Something else (EPERM from a security module, ENOBUFS, ENOMEM) may leave the
+			// connection queued: level-triggered, the listener would be reported again at
+			// once and the loop would spin printing this. Stop listening for a moment instead.
+			s.n.Say("accept4: %v; not accepting for %v", err, acceptBackoff)
+			s.mu.Lock()
+			s.pauseListenerLocked()
+			s.mu.Unlock()
+			time.AfterFunc(acceptBackoff, s.resumeListener)
 			return
 		}
 		if !s.cfg.EdgeTriggered {
@@ -397,31 +414,96 @@ func (s *Server) acceptReady() {
 	}
 }
 
+// acceptBackoff is how long the listener stays disarmed after an unexpected accept4 error.
+const acceptBackoff = 100 * time.Millisecond
+
 // shed handles EMFILE/ENFILE: the connection waiting in the accept queue keeps the listener
 // readable, so a level-triggered loop that just retries spins at 100% CPU. Give back the
 // reserve fd, accept the connection, close it (the client sees an orderly close instead of
 // hanging), and take the reserve again. It reports whether a connection was shed.
 func (s *Server) shed() bool {
-	if s.reservefd < 0 {
-		s.reservefd, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	}
-	if s.reservefd < 0 {
-		// No fd to give back: stop listening for readiness until a connection closes.
-		ev := unix.EpollEvent{Events: 0, Fd: int32(s.lfd)}
-		if unix.EpollCtl(s.epfd, unix.EPOLL_CTL_MOD, s.lfd, &ev) == nil {
-			s.paused.Store(true)
-		}
+	if s.reservefd < 0 && !s.reserveOrPause() {
 		return false
 	}
-	unix.Close(s.reservefd)
+	err := unix.Close(s.reservefd)
+	if s.trace != nil {
+		s.trace.Sys(0, err, "close(%d)  (the reserve fd, to accept and shed)", s.reservefd)
+	}
 	s.reservefd = -1
 	nfd, _, err := unix.Accept4(s.lfd, unix.SOCK_CLOEXEC)
+	if s.trace != nil {
+		s.trace.Sys(nfd, err, "accept4(%d, ..., SOCK_CLOEXEC)", s.lfd)
+	}
 	if err == nil {
-		unix.Close(nfd)
+		err := unix.Close(nfd)
+		if s.trace != nil {
+			s.trace.Sys(0, err, "close(%d)  (shed: the client reads EOF)", nfd)
+		}
 		s.Stats.Shed.Add(1)
 	}
-	s.reservefd, _ = unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	s.openReserve()
 	return err == nil
+}
+
+// openReserve opens the reserve fd again; it stays -1 if no fd is free.
+func (s *Server) openReserve() {
+	fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if s.trace != nil {
+		s.trace.Sys(fd, err, `open("/dev/null", O_RDONLY|O_CLOEXEC)  (the reserve fd)`)
+	}
+	if err == nil {
+		s.reservefd = fd
+	}
+}
+
+// reserveOrPause opens the reserve fd again or, when no fd is free, disarms the listener
+// until a connection closes, and reports whether the reserve is back. Both happen under mu,
+// and close frees its fd before it takes mu (resumeListener): a close that came first left
+// an fd for the open here, and one that comes later finds paused set and re-arms. Testing
+// for a free fd first and setting paused later, without the lock, lost that re-arm when a
+// worker closed its connection in between, leaving the listener disarmed with an fd free.
+// (Should another goroutine take that fd first — a worker's pipe2 with -splice — the
+// listener stays paused until the next connection closes.)
+func (s *Server) reserveOrPause() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.openReserve()
+	if s.reservefd >= 0 {
+		return true
+	}
+	s.pauseListenerLocked()
+	return false
+}
+
+// pauseListenerLocked disarms the listener (no events) until resumeListener; s.mu is held.
+func (s *Server) pauseListenerLocked() {
+	if s.paused {
+		return
+	}
+	ev := unix.EpollEvent{Events: 0, Fd: int32(s.lfd)}
+	err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_MOD, s.lfd, &ev)
+	if s.trace != nil {
+		s.trace.Sys(0, err, "epoll_ctl(%d, EPOLL_CTL_MOD, %d, {%s})  (listener paused)", s.epfd, s.lfd, EventString(0))
+	}
+	s.paused = err == nil
+}
+
+// resumeListener re-arms a paused listener: after a connection closed (an fd is free), or
+// when the accept back-off ends. EPOLL_CTL_MOD checks readiness at once, so connections
+// that queued meanwhile are reported straight away, also edge-triggered.
+func (s *Server) resumeListener() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.paused || s.epfd < 0 { // not paused, or shut down before the back-off timer fired
+		return
+	}
+	events := s.readEvents() &^ (unix.EPOLLRDHUP | unix.EPOLLONESHOT)
+	ev := unix.EpollEvent{Events: events, Fd: int32(s.lfd)}
+	err := unix.EpollCtl(s.epfd, unix.EPOLL_CTL_MOD, s.lfd, &ev)
+	if s.trace != nil {
+		s.trace.Sys(0, err, "epoll_ctl(%d, EPOLL_CTL_MOD, %d, {%s})  (listener re-armed)", s.epfd, s.lfd, EventString(events))
+	}
+	s.paused = err != nil
 }
 
 func (s *Server) register(fd int) {
@@ -662,11 +744,7 @@ func (s *Server) close(c *conn) {
 		s.trace.Sys(0, err, "close(%d)", c.fd)
 	}
 	s.Stats.Closed.Add(1)
-	if s.paused.CompareAndSwap(true, false) {
-		// An fd is free again: listen for connections again.
-		ev := unix.EpollEvent{Events: s.readEvents() &^ (unix.EPOLLRDHUP | unix.EPOLLONESHOT), Fd: int32(s.lfd)}
-		_ = unix.EpollCtl(s.epfd, unix.EPOLL_CTL_MOD, s.lfd, &ev)
-	}
+	s.resumeListener() // an fd is free again: listen for connections again if paused
 }
 
 // shutdown closes every connection and then the server's own fds.
@@ -688,8 +766,8 @@ func (s *Server) shutdown() {
 }
 
 func (s *Server) closeAll() {
-	s.wakeMu.Lock()
-	defer s.wakeMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, fd := range []*int{&s.lfd, &s.reservefd, &s.wakefd, &s.epfd} {
 		if *fd >= 0 {
 			err := unix.Close(*fd)
