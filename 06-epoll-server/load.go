@@ -29,9 +29,11 @@ type LoadConfig struct {
 	Stop  <-chan struct{}
 	Ready func(open int)
 	// Rate, if positive, paces the ping-pong to that many round trips per second over all
-	// connections: a connection starts its next message no sooner than Conns/Rate seconds
-	// after it started the last one (at once if the echo took longer). Zero sends again as
-	// soon as each echo is back, which is as fast as the server and this generator can go.
+	// connections: each connection keeps to a schedule of one message every Conns/Rate
+	// seconds, the first ones spread over one interval. A message whose turn came while its
+	// predecessor's echo was still out goes as soon as the echo is back; more than one
+	// interval late, the schedule starts afresh from then (no bursts to catch up). Zero sends
+	// again as soon as each echo is back, as fast as the server and this generator can go.
 	// Why pace: at full speed both processes run at a full core, so "CPU per round trip" is
 	// mostly one over the rate each reached; at the same paced rate it compares the CPU
 	// each server needs for the same work (docs/06-epoll-server.md, "Results").
@@ -323,8 +325,8 @@ func epollWaitFor(epfd int, events []unix.EpollEvent, timeout time.Duration, pre
 		return int(n), nil
 	case unix.EINTR:
 		return 0, errno
-	case unix.ENOSYS:
-		return 0, fmt.Errorf("epoll_pwait2: %w (hint: -rate needs Linux 5.11 or later)", errno)
+	case unix.ENOSYS, unix.EPERM: // EPERM: a seccomp filter that predates the call
+		return 0, fmt.Errorf("epoll_pwait2: %w (hint: -rate needs Linux 5.11 or later, and a container that allows the call)", errno)
 	}
 	return 0, fmt.Errorf("epoll_pwait2: %w", errno)
 }
