@@ -13,7 +13,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"socklab/internal/labtest"
-	"socklab/internal/sockdiag"
 )
 
 // The load generator's ping-pong completes round trips without errors against every mode,
@@ -62,21 +61,22 @@ func TestLoadGeneratorHoldsIdleConnections(t *testing.T) {
 		t.Fatalf("RunLoad opened no %d connections within 20 s", conns)
 	}
 	labtest.WaitFor(t, 10*time.Second, "the server to hold every idle connection", func() (bool, string) {
-		socks, err := sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: s.Addr, States: []sockdiag.State{sockdiag.Established}})
-		n := 0
-		for _, so := range socks {
-			if so.HasFD() {
-				n++
-			}
-		}
+		socks, err := serverEnds(s.Addr)
+		n := heldByFD(socks)
 		return err == nil && n == conns, fmt.Sprint(n, err)
 	})
 	halt()
+	awaitLoad(t, done, 20*time.Second)
+}
+
+// awaitLoad waits at most within for RunLoad's result on done and requires it to be nil.
+func awaitLoad(t *testing.T, done <-chan error, within time.Duration) {
+	t.Helper()
 	select {
 	case err := <-done:
 		require.NoError(t, err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("RunLoad did not return within 20 s of Stop")
+	case <-time.After(within):
+		t.Fatalf("RunLoad did not return within %v", within)
 	}
 }
 
@@ -107,7 +107,7 @@ func TestLoadGeneratorKeepsToItsRate(t *testing.T) {
 	}()
 	// received sums what the server's end of each connection has received so far.
 	received := func() (open int, bytes uint64, err error) {
-		socks, err := sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: s.Addr, States: []sockdiag.State{sockdiag.Established}})
+		socks, err := serverEnds(s.Addr)
 		for _, so := range socks {
 			if so.Info != nil {
 				open, bytes = open+1, bytes+so.Info.Bytes_received
@@ -130,10 +130,5 @@ func TestLoadGeneratorKeepsToItsRate(t *testing.T) {
 	// messages take at least (300-10)/1000 s = 290 ms; less margin for the first sample.
 	took := time.Since(began)
 	assert.GreaterOrEqual(t, took, 250*time.Millisecond, "paced at %v round trips/s", rate)
-	select {
-	case err := <-done:
-		require.NoError(t, err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("the load run did not end 30 s after its 1.5 s duration")
-	}
+	awaitLoad(t, done, 30*time.Second) // its duration is 1.5 s
 }

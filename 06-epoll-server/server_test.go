@@ -879,7 +879,7 @@ func TestSignalShutsDownCleanly(t *testing.T) {
 // cannot tell a clean shutdown from a leaky one. Not parallel: an epoll instance or an eventfd
 // looks the same in /proc/self/fd as another test's, so no other test may open one meanwhile.
 func TestServeClosesEveryFDBeforeReturning(t *testing.T) {
-	before := fdTargets(t)
+	before := labtest.OpenFDs()
 	s, stop := serveInProcess(t, ServerConfig{Workers: 2, Splice: true})
 	t.Cleanup(func() { _ = stop() })
 	clients := map[int]netip.AddrPort{}
@@ -891,7 +891,7 @@ func TestServeClosesEveryFDBeforeReturning(t *testing.T) {
 	// The server's descriptors: every one that is new since before and not a client's.
 	serverFDs := map[string]string{}
 	kinds := map[string]int{}
-	for fd, target := range fdTargets(t) {
+	for fd, target := range labtest.OpenFDs() {
 		n, _ := strconv.Atoi(fd)
 		if _, client := clients[n]; client || before[fd] == target {
 			continue
@@ -921,10 +921,28 @@ func TestServeClosesEveryFDBeforeReturning(t *testing.T) {
 		assert.False(t, found && srv.HasFD(), "the server's end of %v still has a descriptor: %v", local, srv)
 		assert.NoError(t, readEOF(fd, 5*time.Second), "the client of %v", local)
 	}
-	after := fdTargets(t)
+	after := labtest.OpenFDs()
 	for fd, target := range serverFDs {
 		assert.NotEqual(t, target, after[fd], "fd %s (%s) is still open after Serve returned", fd, target)
 	}
+}
+
+// serverEnds lists the server's ends of its established connections as sock_diag reports
+// them: the sockets whose local address is the listener's.
+func serverEnds(addr netip.AddrPort) ([]sockdiag.Socket, error) {
+	return sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: addr, States: []sockdiag.State{sockdiag.Established}})
+}
+
+// heldByFD counts the sockets a process holds a descriptor for (accepted ones, not ones
+// still waiting in an accept queue).
+func heldByFD(socks []sockdiag.Socket) int {
+	n := 0
+	for _, so := range socks {
+		if so.HasFD() {
+			n++
+		}
+	}
+	return n
 }
 
 // readEOF waits at most timeout for read(2) on the blocking fd to return 0 (the peer's FIN)
@@ -946,20 +964,6 @@ func readEOF(fd int, timeout time.Duration) error {
 		err = fmt.Errorf("read %d bytes, want EOF", n)
 	}
 	return err
-}
-
-// fdTargets maps each of this process's descriptors to what /proc/self/fd says it is.
-func fdTargets(t *testing.T) map[string]string {
-	t.Helper()
-	entries, err := os.ReadDir("/proc/self/fd")
-	require.NoError(t, err)
-	fds := map[string]string{}
-	for _, e := range entries {
-		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && !strings.HasPrefix(target, "/proc/") {
-			fds[e.Name()] = target // (the directory being read shows up as a /proc path)
-		}
-	}
-	return fds
 }
 
 func TestUsageErrorsExitTwo(t *testing.T) {
@@ -1042,16 +1046,11 @@ func TestTenThousandConcurrentConnections(t *testing.T) {
 		require.NoError(t, connectRetry(fd, sa), "connect %d", i)
 	}
 	countServed := func() (bool, string) {
-		socks, err := sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: p.addr, States: []sockdiag.State{sockdiag.Established}})
+		socks, err := serverEnds(p.addr)
 		if err != nil {
 			return false, err.Error()
 		}
-		withFD := 0
-		for _, s := range socks {
-			if s.HasFD() {
-				withFD++
-			}
-		}
+		withFD := heldByFD(socks)
 		return withFD == conns, fmt.Sprintf("%d server-side sockets with an fd", withFD)
 	}
 	labtest.WaitFor(t, 30*time.Second, "10 000 accepted connections", countServed)

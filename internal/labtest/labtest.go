@@ -48,7 +48,7 @@ func Main(m *testing.M, prog *lab.Program) {
 		r.Close()
 		w.Close()
 	}
-	fdsBefore := openFDs()
+	fdsBefore := OpenFDs()
 	code := m.Run()
 	if code == 0 {
 		if leak := checkLeaks(fdsBefore, 5*time.Second); leak != "" {
@@ -142,15 +142,19 @@ func ProgramCommand(args ...string) *exec.Cmd {
 	return cmd
 }
 
-func openFDs() map[string]string {
+// OpenFDs maps each of this process's descriptors to what /proc/self/fd says it is
+// ("socket:[123]", "pipe:[456]", "anon_inode:[eventpoll]", "/dev/null"). It leaves out the
+// descriptor of the directory being read, which is closed again by the time it is looked at.
+func OpenFDs() map[string]string {
 	fds := map[string]string{}
 	entries, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		return fds
 	}
 	for _, e := range entries {
-		target, _ := os.Readlink("/proc/self/fd/" + e.Name())
-		fds[e.Name()] = target
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && !strings.HasPrefix(target, "/proc/") {
+			fds[e.Name()] = target
+		}
 	}
 	return fds
 }
@@ -175,7 +179,7 @@ func checkLeaks(before map[string]string, timeout time.Duration) string {
 	Poll(timeout, func() (bool, string) {
 		report = ""
 		var leakedFDs []string
-		for fd, target := range openFDs() {
+		for fd, target := range OpenFDs() {
 			if old, ok := before[fd]; !ok || old != target {
 				// The directory read itself shows up as a transient fd.
 				if target != "" && !strings.HasPrefix(target, "/proc/") {

@@ -42,7 +42,7 @@ func TestRunProgramReportsOutputAndStatus(t *testing.T) {
 // The leak check must see a descriptor and a goroutine that outlive a test, and be quiet once
 // they are gone. (Not parallel: it compares whole-process state.)
 func TestLeakCheckSeesFDsAndGoroutines(t *testing.T) {
-	base := openFDs()
+	base := OpenFDs()
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	require.NoError(t, err)
 	release := make(chan struct{})
