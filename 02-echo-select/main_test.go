@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -508,17 +507,7 @@ func TestClientWorksWithPlainEchoServer(t *testing.T) {
 // compiled with the system's cc; skipped when there is none).
 func TestClientWorksWithCSelectServer(t *testing.T) {
 	t.Parallel()
-	cc, err := exec.LookPath("cc")
-	if err != nil {
-		t.Skip("no C compiler (cc) on PATH")
-	}
-	bin := filepath.Join(t.TempDir(), "select_echo")
-	build := exec.Command(cc, "-O2", "-o", bin, "testdata/select_echo.c")
-	build.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("cc: %v\n%s", err, out)
-	}
-	srv := exec.Command(bin)
+	srv := exec.Command(labtest.CompileC(t, "select_echo"))
 	stdout, err := srv.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, srv.Start())

@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -167,19 +166,6 @@ func (r *runningRole) wait(t *testing.T) string {
 	return r.out.String()
 }
 
-// compileC builds one of the C programs in testdata with cc, or skips the test without cc.
-func compileC(t *testing.T, name string) string {
-	t.Helper()
-	cc, err := exec.LookPath("cc")
-	if err != nil {
-		t.Skip("no C compiler (cc) here: the C interop check needs one")
-	}
-	bin := filepath.Join(t.TempDir(), name)
-	out, err := exec.Command(cc, "-std=c99", "-D_DEFAULT_SOURCE", "-Wall", "-Werror", "-o", bin, filepath.Join("testdata", name+".c")).CombinedOutput()
-	require.NoError(t, err, "cc %s: %s", name, out)
-	return bin
-}
-
 // hexBytes parses the C receiver's "bytes N: 42 52 ..." line back into bytes.
 func hexBytes(t *testing.T, line string) []byte {
 	t.Helper()
@@ -194,8 +180,8 @@ func hexBytes(t *testing.T, line string) []byte {
 // same payload bytes (text and its NUL) and the same "recv:" lines.
 func TestInteropWithClassicC(t *testing.T) {
 	t.Parallel()
-	cRecv := compileC(t, "mcast_recv")
-	cSend := compileC(t, "mcast_send")
+	cRecv := labtest.CompileC(t, "mcast_recv")
+	cSend := labtest.CompileC(t, "mcast_send")
 
 	t.Run("GoSenderCReceiver", func(t *testing.T) {
 		group, port := "239.5.2.1", "15201"
