@@ -281,8 +281,8 @@ func median(ms []measurement) measurement {
 	}
 }
 
-// startBenchServer starts the epoll server (inline, level-triggered, plus any flags) or the
-// stdlib one.
+// startBenchServer starts the epoll server (inline, level-triggered, plus any flags), the
+// stdlib one, or the C one (cEchoBinary).
 func startBenchServer(b *testing.B, server, cpu string, flags ...string) *serverProcess {
 	role := "server"
 	switch server {
@@ -290,6 +290,11 @@ func startBenchServer(b *testing.B, server, cpu string, flags ...string) *server
 		role = "stdserver"
 	case "epoll -splice":
 		flags = append([]string{"-splice"}, flags...)
+	case "C":
+		if cEchoBinary == "" || len(flags) > 0 {
+			b.Fatalf("the C server needs cEchoBinary set and takes no flags (%q)", flags)
+		}
+		return startCommand(b, pinned(cpu, exec.Command(cEchoBinary, "0")))
 	}
 	return startProcess(b, cpu, append([]string{role, "-addr", "127.0.0.1:0"}, flags...)...)
 }
@@ -493,9 +498,11 @@ func pinned(cpu string, cmd *exec.Cmd) *exec.Cmd {
 	if err != nil {
 		return cmd
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return cmd
+	exe := cmd.Path
+	if exe == "/proc/self/exe" { // the program itself (ProgramCommand): under taskset it would be taskset
+		if exe, err = os.Executable(); err != nil {
+			return cmd
+		}
 	}
 	cmd.Path = taskset
 	cmd.Args = append([]string{"taskset", "-c", cpu, exe}, cmd.Args[1:]...)

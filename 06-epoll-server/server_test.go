@@ -558,7 +558,13 @@ func startServerProcess(t testing.TB, args ...string) *serverProcess {
 // pinned to cpu with taskset(1) when cpu is not empty, and waits for its address.
 func startProcess(t testing.TB, cpu string, args ...string) *serverProcess {
 	t.Helper()
-	cmd := pinned(cpu, labtest.ProgramCommand(args...))
+	return startCommand(t, pinned(cpu, labtest.ProgramCommand(args...)))
+}
+
+// startCommand starts cmd, a server that prints "-> listening on ADDR" (a role of the
+// program, or the C reference server), and waits for its address.
+func startCommand(t testing.TB, cmd *exec.Cmd) *serverProcess {
+	t.Helper()
 	pr, pw, err := os.Pipe()
 	require.NoError(t, err)
 	p := &serverProcess{cmd: cmd, out: &bytes.Buffer{}, mu: &sync.Mutex{}, waited: make(chan error, 1)}
