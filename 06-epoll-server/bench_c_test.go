@@ -36,13 +36,8 @@ var cEchoBinary string
 func BenchmarkVersusC(b *testing.B) {
 	cEchoBinary = labtest.CompileC(b, "epoll_echo")
 	defer func() { cEchoBinary = "" }()
-	rounds := envInt("SOCKLAB_BENCH_ROUNDS", 3)
-	seconds := envInt("SOCKLAB_BENCH_SECONDS", 1)
-	idle := envInt("SOCKLAB_BENCH_IDLE", 5000)
-	serverCPU, clientCPU := "1", "0"
-	if runtime.NumCPU() < 2 {
-		serverCPU = "0"
-	}
+	rounds, seconds, idle := benchEffort()
+	serverCPU, clientCPU := benchCPUs()
 	servers := []string{"epoll", "C", "stdlib"}
 	type key struct {
 		server      string

@@ -37,13 +37,8 @@ import (
 // SOCKLAB_BENCH_ROUNDS (default 3), SOCKLAB_BENCH_SECONDS (per measurement, default 1) and
 // SOCKLAB_BENCH_IDLE (idle connections, default 5000) change the effort.
 func BenchmarkVersusStdlib(b *testing.B) {
-	rounds := envInt("SOCKLAB_BENCH_ROUNDS", 3)
-	seconds := envInt("SOCKLAB_BENCH_SECONDS", 1)
-	idle := envInt("SOCKLAB_BENCH_IDLE", 5000)
-	serverCPU, clientCPU := "1", "0"
-	if runtime.NumCPU() < 2 {
-		serverCPU = "0"
-	}
+	rounds, seconds, idle := benchEffort()
+	serverCPU, clientCPU := benchCPUs()
 	servers := []string{"epoll", "stdlib"}
 	type key struct {
 		server      string
@@ -222,6 +217,22 @@ func bar(v, maxValue float64) string {
 	}
 	n := int(v/maxValue*chartWidth + 0.5)
 	return strings.Repeat("█", max(n, 1))
+}
+
+// benchEffort is how hard the benchmarks work: SOCKLAB_BENCH_ROUNDS (default 3),
+// SOCKLAB_BENCH_SECONDS per measurement (default 1) and SOCKLAB_BENCH_IDLE idle connections
+// (default 5000).
+func benchEffort() (rounds, seconds, idle int) {
+	return envInt("SOCKLAB_BENCH_ROUNDS", 3), envInt("SOCKLAB_BENCH_SECONDS", 1), envInt("SOCKLAB_BENCH_IDLE", 5000)
+}
+
+// benchCPUs are the cores the server and the load generator are pinned to: their own, 1 and
+// 0, or both 0 on a machine with one CPU.
+func benchCPUs() (serverCPU, clientCPU string) {
+	if runtime.NumCPU() < 2 {
+		return "0", "0"
+	}
+	return "1", "0"
 }
 
 func envInt(name string, def int) int {
@@ -539,8 +550,7 @@ func pinned(cpu string, cmd *exec.Cmd) *exec.Cmd {
 //
 //	go test -run '^$' -bench WorkerPool -benchtime 1x -v ./06-epoll-server/
 func BenchmarkWorkerPool(b *testing.B) {
-	rounds := envInt("SOCKLAB_BENCH_ROUNDS", 3)
-	seconds := envInt("SOCKLAB_BENCH_SECONDS", 1)
+	rounds, seconds, _ := benchEffort()
 	type cfg struct{ work, workers string }
 	var cfgs []cfg
 	for _, work := range []string{"0", "50us"} {
@@ -584,12 +594,8 @@ func BenchmarkWorkerPool(b *testing.B) {
 //
 //	go test -run '^$' -bench ServerVariants -benchtime 1x -v ./06-epoll-server/
 func BenchmarkServerVariants(b *testing.B) {
-	rounds := envInt("SOCKLAB_BENCH_ROUNDS", 3)
-	seconds := envInt("SOCKLAB_BENCH_SECONDS", 1)
-	serverCPU, clientCPU := "1", "0"
-	if runtime.NumCPU() < 2 {
-		serverCPU = "0"
-	}
+	rounds, seconds, _ := benchEffort()
+	serverCPU, clientCPU := benchCPUs()
 	type variant struct {
 		name, gomaxprocs string // "" = the role's choice (2 when pinned)
 		flags            []string
