@@ -30,6 +30,7 @@ import (
 
 	"socklab/internal/lab"
 	"socklab/internal/labtest"
+	"socklab/internal/netlab"
 	"socklab/internal/sockdiag"
 )
 
@@ -419,6 +420,83 @@ func TestBackpressuredOutputArrivesExactly(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, total, echoed, "every byte sent comes back, then EOF")
 		})
+	}
+}
+
+// With -splice, a connection's pending output waits in its own pipe, and the pipe goes back to
+// the event loop only once it is empty. That needs a flush after EPOLLOUT to meet EAGAIN again
+// with bytes still in the pipe, which the other tests never arrange: the server's send buffer
+// autotunes to megabytes, and EPOLLOUT comes only once a third of it is free. Here the test's
+// own namespace caps every send buffer at 8 KiB (net.ipv4.tcp_wmem, per namespace, tcp(7)) and
+// the clients' receive buffers are small, so the window is small and one splice can stop part
+// way. (Counted once with a temporary counter: 213 such flushes in one run. With the small send
+// buffer alone there were none.) Several connections stream at once: a pipe handed back too
+// early loses its bytes or carries them into another connection's echo (that mutation fails
+// here, with wrong bytes and stalled echoes). Every echo must arrive byte for byte, up to the
+// server's FIN.
+func TestSplicePipeStaysWithItsConnectionUntilEmpty(t *testing.T) {
+	t.Parallel()
+	if !labtest.Env.Private {
+		t.Skip("needs a private network namespace to shrink tcp_wmem in (never on the host)")
+	}
+	h, err := netlab.NewHost("small-sndbuf")
+	require.NoError(t, err)
+	defer h.Close()
+	const conns, total = 4, 1 << 20
+	var s *Server
+	var fds []int
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	require.NoError(t, h.Do(func() error {
+		if err := netlab.SetSysctl("net.ipv4.tcp_wmem", "4096 8192 8192"); err != nil {
+			return err
+		}
+		var err error
+		if s, err = Listen(ServerConfig{Addr: loopback, Splice: true}, lab.Quiet()); err != nil {
+			return err
+		}
+		for range conns {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			fds = append(fds, fd)
+			// A small receive window too: without it one splice from the pipe went out
+			// whole, however small the send buffer (see above).
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4096); err != nil {
+				return err
+			}
+			if err := unix.Connect(fd, lab.SockaddrOf(s.Addr)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	served := make(chan error, 1)
+	go func() { served <- s.Serve() }()
+	defer func() { require.NoError(t, stopServer(s, served)) }()
+	// The kernel's view of a socket made in that namespace: its send buffer is tcp_wmem's
+	// default there, under one 64 KiB chunk.
+	sndbuf, err := unix.GetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF)
+	require.NoError(t, err)
+	require.LessOrEqual(t, sndbuf, 16<<10, "SO_SNDBUF in the small-sndbuf namespace")
+
+	errs := make(chan error, conns)
+	for _, fd := range fds {
+		require.NoError(t, unix.SetNonblock(fd, true))
+		go func() {
+			echoed, err := exchangeUntilEOF(fd, 0, total, 30*time.Second)
+			if err == nil && echoed != total {
+				err = fmt.Errorf("%d of %d bytes echoed before EOF", echoed, total)
+			}
+			errs <- err
+		}()
+	}
+	for range conns {
+		assert.NoError(t, <-errs)
 	}
 }
 
