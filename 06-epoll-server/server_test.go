@@ -450,7 +450,7 @@ func TestSplicePipeStaysWithItsConnectionUntilEmpty(t *testing.T) {
 			unix.Close(fd)
 		}
 	}()
-	require.NoError(t, h.Do(func() error {
+	err = h.Do(func() error {
 		if err := netlab.SetSysctl("net.ipv4.tcp_wmem", "4096 8192 8192"); err != nil {
 			return err
 		}
@@ -474,10 +474,13 @@ func TestSplicePipeStaysWithItsConnectionUntilEmpty(t *testing.T) {
 			}
 		}
 		return nil
-	}))
-	served := make(chan error, 1)
-	go func() { served <- s.Serve() }()
-	defer func() { require.NoError(t, stopServer(s, served)) }()
+	})
+	if s != nil { // serve and stop it even if a connect failed, so that its fds are closed
+		served := make(chan error, 1)
+		go func() { served <- s.Serve() }()
+		defer func() { require.NoError(t, stopServer(s, served)) }()
+	}
+	require.NoError(t, err)
 	// The kernel's view of a socket made in that namespace: its send buffer is tcp_wmem's
 	// default there, under one 64 KiB chunk.
 	sndbuf, err := unix.GetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF)
