@@ -68,6 +68,7 @@ func serverRole(args []string, stdout, stderr io.Writer) error {
 		ChunkSize: *chunk, Backlog: *backlog, NoFile: *nofile, GoSyscall: *goSyscall, NoYield: *noYield, Splice: *splice}
 	n := lab.NewNarrator(stdout, false)
 	secondP(n)
+	openRuntimePoller()
 	s, err := Listen(cfg, n)
 	if err != nil {
 		return err
@@ -214,6 +215,7 @@ func loadRole(args []string, stdout, stderr io.Writer) error {
 	}
 	// On stderr: stdout carries the result (-json) or the "holding" line scripts wait for.
 	secondP(lab.NewNarrator(stderr, false))
+	openRuntimePoller() // the load generator may run out of descriptors too (-conns)
 	cfg := LoadConfig{Addr: ap, Conns: *conns, Size: *size, Duration: *duration, Idle: *idle, Rate: *rate}
 	if *idle {
 		// Hold until the duration ends or a signal comes, whichever is first.
@@ -256,4 +258,18 @@ func secondP(n *lab.Narrator) {
 	}
 	runtime.GOMAXPROCS(2)
 	n.Say("runnable on one CPU: GOMAXPROCS 1 -> 2, so a thread blocked in epoll_wait keeps its P (GOMAXPROCS=1 in the environment to compare)")
+}
+
+// openRuntimePoller makes Go's runtime open its own epoll instance (and the eventfd it wakes
+// it with) now, at start. The runtime opens them the first time a goroutine waits on a timer
+// (netpollGenericInit, called when a timer is first added: runtime/time.go), and nothing in
+// the epoll server or the load generator does that; but the runtime's own background
+// scavenger does, some time after a garbage collection. If no descriptor is free at that
+// moment the runtime cannot go on: "runtime: epollcreate failed with 24", "fatal error:
+// runtime: netpollinit failed". A server that runs out of descriptors and handles EMFILE
+// would die of it anyway; one stuck at its limit did, in a mutation of
+// TestEMFILEWithoutReservePausesListener, which now checks that the fd is open before the
+// limit is reached. A timer that never fires is enough to make the runtime open it.
+func openRuntimePoller() {
+	time.AfterFunc(time.Hour, func() {}).Stop()
 }

@@ -436,6 +436,11 @@ const acceptBackoff = 100 * time.Millisecond
 // readable, so a level-triggered loop that just retries spins at 100% CPU. Give back the
 // reserve fd, accept the connection, close it (the client sees an orderly close instead of
 // hanging), and take the reserve again. It reports whether a connection was shed.
+//
+// If the reserve cannot be taken again, the listener is disarmed until a connection closes
+// (reserveOrPause). Edge-triggered, that is what brings the report back: the connection still
+// queued would get none, and a close re-arms the listener with EPOLL_CTL_MOD, which looks at
+// the accept queue at once (TestEMFILEWithoutReservePausesListener).
 func (s *Server) shed() bool {
 	if s.reservefd < 0 && !s.reserveOrPause() {
 		return false
@@ -456,8 +461,7 @@ func (s *Server) shed() bool {
 		}
 		s.Stats.Shed.Add(1)
 	}
-	s.openReserve()
-	return err == nil
+	return s.reserveOrPause() && err == nil
 }
 
 // openReserve opens the reserve fd again; it stays -1 if no fd is free.

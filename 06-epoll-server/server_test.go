@@ -848,6 +848,158 @@ func TestEMFILEShedsWithoutSpinning(t *testing.T) {
 	}
 }
 
+// When even the reserve cannot be opened again, the server disarms the listener until a
+// connection closes (reserveOrPause): a level-triggered loop would otherwise be told about the
+// queued connection over and over, and an edge-triggered one would not be told again at all.
+// To get there on demand the test lowers the running server's soft RLIMIT_NOFILE from outside
+// with prlimit(2) to the reserve fd's number (or to the lowest free fd, if lower): every fd
+// below the limit is in use, so after the server closes its reserve to shed a connection,
+// accept4 and open both fail with EMFILE (getrlimit(2): "a number one greater than the
+// maximum file descriptor number that can be opened"). The kernel shows the listener's
+// interest mask without EPOLLIN (/proc/PID/fdinfo of the epoll fd, epoll(7)), the connection
+// still in the accept queue, and every server thread asleep; once a served client leaves, the
+// listener is armed again and the queued client is served.
+func TestEMFILEWithoutReservePausesListener(t *testing.T) {
+	t.Parallel()
+	for _, mode := range [][]string{nil, {"-et"}} {
+		t.Run(strings.Join(append([]string{"mode"}, mode...), ""), func(t *testing.T) {
+			t.Parallel()
+			p := startServerProcess(t, mode...)
+			pid := p.cmd.Process.Pid
+			labtest.WaitFor(t, 10*time.Second, "the server to narrate its set-up", func() (bool, string) {
+				return strings.Contains(p.output(), "serving:"), p.output()
+			})
+			out := p.output()
+			lfd, epfd, reserve := callResult(t, out, "socket("), callResult(t, out, "epoll_create1("), callResult(t, out, "(the reserve fd)")
+			target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, reserve))
+			require.NoError(t, err)
+			require.Equal(t, "/dev/null", target, "the reserve fd")
+			listenerArmed := func() (bool, string) {
+				interest, err := epollInterest(pid, epfd)
+				ev, ok := interest[lfd]
+				return ok && ev&unix.EPOLLIN != 0, fmt.Sprintf("listener fd %d events %#x (listed %v), %v", lfd, ev, ok, err)
+			}
+			armed, why := listenerArmed()
+			require.True(t, armed, why)
+
+			served := dialAccepted(t, p.addr) // its server end takes an fd above the reserve
+			fds, err := openFDs(pid)
+			require.NoError(t, err)
+			// Go's runtime has its own epoll fd open already: it would die opening it at its
+			// first timer once no fd is free (openRuntimePoller in roles.go).
+			runtimePoller := slices.ContainsFunc(fds, func(fd int) bool {
+				target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, fd))
+				return fd != epfd && target == "anon_inode:[eventpoll]"
+			})
+			require.True(t, runtimePoller, "Go's runtime has no epoll fd of its own yet: %v", fds)
+			limit := uint64(min(lowestFree(fds), reserve))
+			var old unix.Rlimit
+			require.NoError(t, unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old))
+			require.NoError(t, unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: limit, Max: old.Max}, nil))
+
+			queued, local := dialNoWait(t, p.addr)
+			labtest.WaitFor(t, 10*time.Second, "the listener to be disarmed with the connection queued", func() (bool, string) {
+				armed, why := listenerArmed()
+				ls, _ := sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: p.addr, States: []sockdiag.State{sockdiag.Listen}})
+				c, found, _ := sockdiag.Find(p.addr, local)
+				waiting := len(ls) == 1 && ls[0].RecvQ == 1 && found && !c.HasFD()
+				return !armed && waiting, fmt.Sprintf("%s; listeners %v; queued connection %v (found %v)", why, ls, c, found)
+			})
+			labtest.WaitFor(t, 10*time.Second, "every server thread to sleep", func() (bool, string) {
+				return threadsAllSleeping(pid)
+			})
+			fds, err = openFDs(pid)
+			require.NoError(t, err)
+			assert.NotContains(t, fds, reserve, "the reserve could not be opened again")
+
+			// fds are free again once the limit is back, but the listener waits for a close.
+			require.NoError(t, unix.Prlimit(pid, unix.RLIMIT_NOFILE, &old, nil))
+			labtest.CloseNow(t, served)
+			labtest.WaitFor(t, 10*time.Second, "the listener to be armed again", listenerArmed)
+			echoFD(t, queued, "queued, then served")
+			ls, err := sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: p.addr, States: []sockdiag.State{sockdiag.Listen}})
+			require.NoError(t, err)
+			require.Len(t, ls, 1)
+			assert.Zero(t, ls[0].RecvQ, "accept queue")
+			assert.Equal(t, 0, p.stop(t, syscall.SIGTERM), p.output())
+		})
+	}
+}
+
+// callResult returns the result of the first system call in a server's narration whose line
+// contains marker: 6 for "socket(" in "socket(AF_INET, SOCK_STREAM|SOCK_CLOEXEC, 0) = 6".
+func callResult(t *testing.T, out, marker string) int {
+	t.Helper()
+	for line := range strings.Lines(out) {
+		if !strings.Contains(line, marker) {
+			continue
+		}
+		_, result, ok := strings.Cut(line, ") = ")
+		if i := strings.LastIndex(line, " = "); ok && i >= 0 {
+			result = line[i+len(" = "):]
+		}
+		fd, err := strconv.Atoi(strings.TrimSpace(result))
+		require.NoError(t, err, "in %q", line)
+		return fd
+	}
+	t.Fatalf("no %q in the server's narration:\n%s", marker, out)
+	return -1
+}
+
+// epollInterest returns the interest list of epoll fd epfd in process pid, as the kernel
+// shows it in /proc/PID/fdinfo/EPFD: one "tfd: FD events: HEX ..." line per watched fd
+// (proc(5), "/proc/pid/fdinfo"). The kernel adds EPOLLERR and EPOLLHUP to every mask.
+func epollInterest(pid, epfd int) (map[int]uint32, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, epfd))
+	if err != nil {
+		return nil, err
+	}
+	interest := map[int]uint32{}
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
+		if len(f) < 4 || f[0] != "tfd:" || f[2] != "events:" {
+			continue
+		}
+		fd, err1 := strconv.Atoi(f[1])
+		ev, err2 := strconv.ParseUint(f[3], 16, 32)
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, fmt.Errorf("%q: %w", line, err)
+		}
+		interest[fd] = uint32(ev)
+	}
+	return interest, nil
+}
+
+// openFDs lists the descriptors process pid has open (/proc/PID/fd), in order.
+func openFDs(pid int) ([]int, error) {
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return nil, err
+	}
+	var fds []int
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil {
+			fds = append(fds, fd)
+		}
+	}
+	slices.Sort(fds)
+	return fds, nil
+}
+
+// lowestFree returns the lowest descriptor number not in the sorted list fds: the number
+// open(2) and accept(2) would return next (open(2): "the lowest-numbered file descriptor not
+// currently open").
+func lowestFree(fds []int) int {
+	free := 0
+	for _, fd := range fds {
+		if fd != free {
+			break
+		}
+		free++
+	}
+	return free
+}
+
 func echoFD(t *testing.T, fd int, msg string) {
 	t.Helper()
 	_, err := unix.Write(fd, []byte(msg))
