@@ -858,10 +858,11 @@ func TestEMFILEShedsWithoutSpinning(t *testing.T) {
 // maximum file descriptor number that can be opened"). The kernel shows the listener's
 // interest mask without EPOLLIN (/proc/PID/fdinfo of the epoll fd, epoll(7)), the connection
 // still in the accept queue, and every server thread asleep; once a served client leaves, the
-// listener is armed again and the queued client is served.
+// listener is armed again and the queued client is served. With workers, the close (and so the
+// re-arm) happens on a worker's thread while the event loop may be disarming.
 func TestEMFILEWithoutReservePausesListener(t *testing.T) {
 	t.Parallel()
-	for _, mode := range [][]string{nil, {"-et"}} {
+	for _, mode := range [][]string{nil, {"-et"}, {"-workers", "2"}} {
 		t.Run(strings.Join(append([]string{"mode"}, mode...), ""), func(t *testing.T) {
 			t.Parallel()
 			p := startServerProcess(t, mode...)
