@@ -54,7 +54,7 @@ func serverRole(args []string, stdout, stderr io.Writer) error {
 		return lab.Usagef("-backlog %d: want 1 to %d (the kernel caps it at net.core.somaxconn anyway: "+
 			"cat /proc/sys/net/core/somaxconn)", *backlog, math.MaxInt32)
 	case *nofile != 0 && (*nofile < 16 || *nofile > 1<<20):
-		return lab.Usagef("-nofile %d: want 16 to 1048576 (the server itself needs about 10 fds)", *nofile)
+		return lab.Usagef("-nofile %d: want 16 to 1048576 (the server itself needs about a dozen fds)", *nofile)
 	}
 	if *nofile > 0 {
 		// setrlimit(2) refuses a soft limit above the hard one with a bare EINVAL; say why here.

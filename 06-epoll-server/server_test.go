@@ -760,7 +760,7 @@ func dialAccepted(t *testing.T, addr netip.AddrPort) int {
 	return fd
 }
 
-// With RLIMIT_NOFILE at 24 the server runs out of descriptors after about 17 connections.
+// With RLIMIT_NOFILE at 24 the server runs out of descriptors after about a dozen connections.
 // The rest are accepted with the reserve fd and closed at once: the accept queue empties, those
 // clients see EOF, no thread spins, and the server serves again once fds are free.
 func TestEMFILEShedsWithoutSpinning(t *testing.T) {
