@@ -8,6 +8,10 @@
  *   pending output kept and the socket armed for EPOLLOUT only (backpressure),
  *   the reserve fd for EMFILE/ENFILE, exit 0 on SIGINT/SIGTERM.
  *
+ * It is a yardstick for the hot path, not a second robust server: when the reserve cannot be
+ * opened again it does not disarm the listener as the Go server does (reserveOrPause in
+ * server.go), so at that point it would spin on the queued connection.
+ *
  * Usage: epoll_echo [PORT]   (on 127.0.0.1; 0 or nothing picks a port)
  * It prints "-> listening on 127.0.0.1:PORT" once it listens, as the Go server does.
  */
