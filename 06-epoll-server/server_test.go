@@ -872,9 +872,6 @@ func TestEMFILEWithoutReservePausesListener(t *testing.T) {
 			})
 			out := p.output()
 			lfd, epfd, reserve := callResult(t, out, "socket("), callResult(t, out, "epoll_create1("), callResult(t, out, "(the reserve fd)")
-			target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, reserve))
-			require.NoError(t, err)
-			require.Equal(t, "/dev/null", target, "the reserve fd")
 			listenerArmed := func() (bool, string) {
 				interest, err := epollInterest(pid, epfd)
 				ev, ok := interest[lfd]
@@ -884,14 +881,15 @@ func TestEMFILEWithoutReservePausesListener(t *testing.T) {
 			require.True(t, armed, why)
 
 			served := dialAccepted(t, p.addr) // its server end takes an fd above the reserve
-			fds, err := openFDs(pid)
+			fds, err := processFDs(pid)
 			require.NoError(t, err)
+			require.Equal(t, "/dev/null", fds[reserve], "the reserve fd")
 			// Go's runtime has its own epoll fd open already: it would die opening it at its
 			// first timer once no fd is free (openRuntimePoller in roles.go).
-			runtimePoller := slices.ContainsFunc(fds, func(fd int) bool {
-				target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, fd))
-				return fd != epfd && target == "anon_inode:[eventpoll]"
-			})
+			runtimePoller := false
+			for fd, target := range fds {
+				runtimePoller = runtimePoller || fd != epfd && target == "anon_inode:[eventpoll]"
+			}
 			require.True(t, runtimePoller, "Go's runtime has no epoll fd of its own yet: %v", fds)
 			limit := uint64(min(lowestFree(fds), reserve))
 			var old unix.Rlimit
@@ -909,7 +907,7 @@ func TestEMFILEWithoutReservePausesListener(t *testing.T) {
 			labtest.WaitFor(t, 10*time.Second, "every server thread to sleep", func() (bool, string) {
 				return threadsAllSleeping(pid)
 			})
-			fds, err = openFDs(pid)
+			fds, err = processFDs(pid)
 			require.NoError(t, err)
 			assert.NotContains(t, fds, reserve, "the reserve could not be opened again")
 
@@ -932,14 +930,11 @@ func TestEMFILEWithoutReservePausesListener(t *testing.T) {
 func callResult(t *testing.T, out, marker string) int {
 	t.Helper()
 	for line := range strings.Lines(out) {
-		if !strings.Contains(line, marker) {
+		i := strings.LastIndex(line, " = ")
+		if !strings.Contains(line, marker) || i < 0 {
 			continue
 		}
-		_, result, ok := strings.Cut(line, ") = ")
-		if i := strings.LastIndex(line, " = "); ok && i >= 0 {
-			result = line[i+len(" = "):]
-		}
-		fd, err := strconv.Atoi(strings.TrimSpace(result))
+		fd, err := strconv.Atoi(strings.TrimSpace(line[i+len(" = "):]))
 		require.NoError(t, err, "in %q", line)
 		return fd
 	}
@@ -971,31 +966,34 @@ func epollInterest(pid, epfd int) (map[int]uint32, error) {
 	return interest, nil
 }
 
-// openFDs lists the descriptors process pid has open (/proc/PID/fd), in order.
-func openFDs(pid int) ([]int, error) {
-	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+// processFDs maps each descriptor process pid has open to what /proc/PID/fd says it is
+// ("socket:[123]", "anon_inode:[eventpoll]", "/dev/null"); labtest.OpenFDs is the same for
+// this process.
+func processFDs(pid int) (map[int]string, error) {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
-	var fds []int
+	fds := map[int]string{}
 	for _, e := range entries {
-		if fd, err := strconv.Atoi(e.Name()); err == nil {
-			fds = append(fds, fd)
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil {
+			fds[fd] = target
 		}
 	}
-	slices.Sort(fds)
 	return fds, nil
 }
 
-// lowestFree returns the lowest descriptor number not in the sorted list fds: the number
-// open(2) and accept(2) would return next (open(2): "the lowest-numbered file descriptor not
-// currently open").
-func lowestFree(fds []int) int {
+// lowestFree returns the lowest descriptor number not in fds: the number open(2) and
+// accept(2) would return next (open(2): "the lowest-numbered file descriptor not currently
+// open").
+func lowestFree(fds map[int]string) int {
 	free := 0
-	for _, fd := range fds {
-		if fd != free {
-			break
-		}
+	for fds[free] != "" {
 		free++
 	}
 	return free
