@@ -435,7 +435,8 @@ const acceptBackoff = 100 * time.Millisecond
 // shed handles EMFILE/ENFILE: the connection waiting in the accept queue keeps the listener
 // readable, so a level-triggered loop that just retries spins at 100% CPU. Give back the
 // reserve fd, accept the connection, close it (the client sees an orderly close instead of
-// hanging), and take the reserve again. It reports whether a connection was shed.
+// hanging), and take the reserve again. It reports whether a connection was shed and the
+// reserve is back, so that the accept loop may go on.
 //
 // If the reserve cannot be taken again, the listener is disarmed until a connection closes
 // (reserveOrPause). Edge-triggered, that is what brings the report back: the connection still

@@ -798,7 +798,7 @@ func TestEMFILEShedsWithoutSpinning(t *testing.T) {
 						served = append(served, i)
 					}
 				}
-				ls, _ := sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: p.addr, States: []sockdiag.State{sockdiag.Listen}})
+				ls, _ := listenersAt(p.addr)
 				queued := -1
 				if len(ls) == 1 {
 					queued = int(ls[0].RecvQ)
@@ -857,8 +857,8 @@ func TestEMFILEShedsWithoutSpinning(t *testing.T) {
 // accept4 and open both fail with EMFILE (getrlimit(2): "a number one greater than the
 // maximum file descriptor number that can be opened"). The kernel shows the listener's
 // interest mask without EPOLLIN (/proc/PID/fdinfo of the epoll fd, epoll(7)), the connection
-// still in the accept queue, and every server thread asleep; once a served client leaves, the
-// listener is armed again and the queued client is served. With workers, the close (and so the
+// still in the accept queue, and every server thread asleep; once the limit is back and a served
+// client leaves, the listener is armed again and the queued client is served. With workers, the close (and so the
 // re-arm) happens on a worker's thread while the event loop may be disarming.
 func TestEMFILEWithoutReservePausesListener(t *testing.T) {
 	t.Parallel()
@@ -899,7 +899,7 @@ func TestEMFILEWithoutReservePausesListener(t *testing.T) {
 			queued, local := dialNoWait(t, p.addr)
 			labtest.WaitFor(t, 10*time.Second, "the listener to be disarmed with the connection queued", func() (bool, string) {
 				armed, why := listenerArmed()
-				ls, _ := sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: p.addr, States: []sockdiag.State{sockdiag.Listen}})
+				ls, _ := listenersAt(p.addr)
 				c, found, _ := sockdiag.Find(p.addr, local)
 				waiting := len(ls) == 1 && ls[0].RecvQ == 1 && found && !c.HasFD()
 				return !armed && waiting, fmt.Sprintf("%s; listeners %v; queued connection %v (found %v)", why, ls, c, found)
@@ -916,13 +916,19 @@ func TestEMFILEWithoutReservePausesListener(t *testing.T) {
 			labtest.CloseNow(t, served)
 			labtest.WaitFor(t, 10*time.Second, "the listener to be armed again", listenerArmed)
 			echoFD(t, queued, "queued, then served")
-			ls, err := sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: p.addr, States: []sockdiag.State{sockdiag.Listen}})
+			ls, err := listenersAt(p.addr)
 			require.NoError(t, err)
 			require.Len(t, ls, 1)
 			assert.Zero(t, ls[0].RecvQ, "accept queue")
 			assert.Equal(t, 0, p.stop(t, syscall.SIGTERM), p.output())
 		})
 	}
+}
+
+// listenersAt returns the kernel's listening TCP sockets bound to addr (sock_diag); a
+// listener's Recv-Q is its accept queue.
+func listenersAt(addr netip.AddrPort) ([]sockdiag.Socket, error) {
+	return sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: addr, States: []sockdiag.State{sockdiag.Listen}})
 }
 
 // callResult returns the result of the first system call in a server's narration whose line
@@ -1099,7 +1105,7 @@ func TestSignalShutsDownCleanly(t *testing.T) {
 				assert.NoError(t, err)
 				assert.Equal(t, 0, n, "the server closed the connection: EOF")
 			}
-			ls, err := sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: p.addr, States: []sockdiag.State{sockdiag.Listen}})
+			ls, err := listenersAt(p.addr)
 			require.NoError(t, err)
 			assert.Empty(t, ls, "the listener is closed")
 			assert.Contains(t, p.output(), "closed 3 open connection(s)")
@@ -1150,7 +1156,7 @@ func TestServeClosesEveryFDBeforeReturning(t *testing.T) {
 	assert.GreaterOrEqual(t, kinds["pipe"], 2, "a worker's pipe (two ends)")
 
 	require.NoError(t, stop())
-	ls, err := sockdiag.Dump(sockdiag.TCP, sockdiag.Filter{Local: s.Addr, States: []sockdiag.State{sockdiag.Listen}})
+	ls, err := listenersAt(s.Addr)
 	require.NoError(t, err)
 	assert.Empty(t, ls, "the listener is closed")
 	for fd, local := range clients {
