@@ -82,6 +82,10 @@ type Timer uint8
 
 // Timer kinds, as numbered in net/ipv4/inet_diag.c.
 const (
+	// TimerNone: no timer pending. A full socket's timer also reads as none, with a zero
+	// retransmit count, for the moment its handler runs: the kernel unlinks a timer before it
+	// calls the handler, and inet_diag checks timer_pending() (or icsk_pending, which the
+	// write timer clears first). A poll that follows a timer must look past such a sample.
 	TimerNone       Timer = 0
 	TimerRetransmit Timer = 1 // retransmission (also the SYN-ACK timer of a request socket)
 	TimerKeepalive  Timer = 2 // keepalive; also an orphaned FIN_WAIT2 when tcp_fin_timeout > 60 s
