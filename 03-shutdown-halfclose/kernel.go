@@ -58,10 +58,20 @@ const Gone sockdiag.State = 0
 // showed, and an error naming the difference if the wait timed out. It polls sock_diag rather
 // than sleeping: the kernel decides when the lesson moves on.
 func (c *conn) awaitEnds(client, server sockdiag.State) (Ends, error) {
+	return c.awaitEndsWhere(client, server, nil, "")
+}
+
+// awaitEndsWhere is awaitEnds with one more condition, also (described by what), that the
+// ends must meet; nil means none.
+func (c *conn) awaitEndsWhere(client, server sockdiag.State, also func(Ends) bool, what string) (Ends, error) {
+	want := fmt.Sprintf("client %v, server %v", name(client), name(server))
+	if also != nil {
+		want += ", " + what
+	}
 	return awaitFunc(func() (Ends, bool, error) {
 		e, err := c.ends()
-		return e, err == nil && is(e.Client, client) && is(e.Server, server), err
-	}, fmt.Sprintf("client %v, server %v", name(client), name(server)))
+		return e, err == nil && is(e.Client, client) && is(e.Server, server) && (also == nil || also(e)), err
+	}, want)
 }
 
 // awaitFunc polls cond (lab.Poll: a short back-off), at most awaitTimeout.

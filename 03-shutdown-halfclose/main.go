@@ -276,12 +276,14 @@ func zeroWindow(d *lab.Demo) (r ZeroWindow, err error) {
 	if err := d.Sys(0, err, "shutdown(%d, SHUT_WR)", c.client); err != nil {
 		return r, err
 	}
-	r.FinWait1, err = c.awaitEnds(sockdiag.FinWait1, sockdiag.Established)
+	r.FinWait1, err = c.awaitEndsWhere(sockdiag.FinWait1, sockdiag.Established,
+		clientProbing, "the client's probe timer pending")
 	d.Kernel(c.filter())
 	if err != nil {
 		return r, err
 	}
-	if r.FinWait1Later, err = c.hold(d, sockdiag.FinWait1, sockdiag.Established); err != nil {
+	if r.FinWait1Later, err = c.hold(d, sockdiag.FinWait1, sockdiag.Established,
+		clientProbing, "the client's probe timer pending"); err != nil {
 		return r, err
 	}
 	d.Say("FIN_WAIT1: the application has closed its sending half, but the FIN has not been " +
@@ -303,12 +305,14 @@ func zeroWindow(d *lab.Demo) (r ZeroWindow, err error) {
 	if err := c.closeServer(d); err != nil {
 		return r, err
 	}
-	r.LastAck, err = c.awaitEnds(sockdiag.FinWait2, sockdiag.LastAck)
+	r.LastAck, err = c.awaitEndsWhere(sockdiag.FinWait2, sockdiag.LastAck,
+		serverProbing, "the server's probe timer pending")
 	d.Kernel(c.filter())
 	if err != nil {
 		return r, err
 	}
-	if r.LastAckLater, err = c.hold(d, sockdiag.FinWait2, sockdiag.LastAck); err != nil {
+	if r.LastAckLater, err = c.hold(d, sockdiag.FinWait2, sockdiag.LastAck,
+		serverProbing, "the server's probe timer pending"); err != nil {
 		return r, err
 	}
 	d.Say("LAST_ACK: the passive closer has closed too; its FIN is queued, and it will wait for " +
@@ -373,19 +377,33 @@ func drain(d *lab.Demo, fd int) (int, error) {
 	return total, errors.New("read() never returned 0")
 }
 
-// hold shows that the two ends are still in these states holdFor later.
-func (c *conn) hold(d *lab.Demo, client, server sockdiag.State) (Ends, error) {
+// hold shows that the two ends are still in these states holdFor later, meeting also as
+// awaitEndsWhere does (nil: no more than the states).
+func (c *conn) hold(d *lab.Demo, client, server sockdiag.State, also func(Ends) bool, what string) (Ends, error) {
 	time.Sleep(holdFor) // a pause to show the state is held, not a wait for something
 	e, err := c.ends()
 	if err != nil {
 		return e, err
 	}
-	d.Say("%v later, the kernel still shows client %v, server %v.", holdFor, e.Client.State, e.Server.State)
 	if !is(e.Client, client) || !is(e.Server, server) {
 		return e, fmt.Errorf("the states did not hold: client %v, server %v", e.Client, e.Server)
 	}
+	if also != nil && !also(e) {
+		// The states held; the condition on them is asked again (see clientProbing).
+		if e, err = c.awaitEndsWhere(client, server, also, what); err != nil {
+			return e, err
+		}
+	}
+	d.Say("%v later, the kernel still shows client %v, server %v.", holdFor, e.Client.State, e.Server.State)
 	return e, nil
 }
+
+// clientProbing and serverProbing are the conditions the waits of part B add to the states:
+// that end's zero-window probe timer is pending. One sample is not enough: for the moment
+// the timer's handler runs, the kernel reports no timer at all (see sockdiag.TimerNone).
+func clientProbing(e Ends) bool { return e.Client.Timer == sockdiag.TimerProbe }
+
+func serverProbing(e Ends) bool { return e.Server.Timer == sockdiag.TimerProbe }
 
 // ---------------------------------------------------------------------------------------
 // C. CLOSING
@@ -458,7 +476,7 @@ func simultaneousClose(d *lab.Demo, view *packetView) (r SimultaneousClose, err 
 		return r, err
 	}
 	d.Result("getsockopt(%d, TCP_INFO): tcpi_state = %d (%v)", c.client, r.ClientFDState, r.ClientFDState)
-	if r.ClosingLater, err = c.hold(d, sockdiag.Closing, sockdiag.FinWait2); err != nil {
+	if r.ClosingLater, err = c.hold(d, sockdiag.Closing, sockdiag.FinWait2, nil, ""); err != nil {
 		return r, err
 	}
 	d.Say("CLOSING: the client has received a FIN while its own FIN is still unacknowledged " +
